@@ -1,0 +1,65 @@
+"""Stage 1: the RoI operators (RoIPool, RoIWarp, RoIAlign), NMS and box IoU.
+
+``BACKENDS`` maps a backend name to a module; every backend module has the same functions
+on NumPy arrays (see :mod:`refimpl.ops.python` for the definitions):
+
+======================  ===========================================================
+``roi_align_forward``   ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                        aligned=False, pool_mode="avg") -> y``
+``roi_align_backward``  ``(x, rois, grad_output, output_size, ...) -> grad_x``
+``roi_pool_forward``    ``(x, rois, output_size, spatial_scale=1.0) -> y``
+``roi_pool_backward``   ``(x, rois, grad_output, output_size, spatial_scale=1.0) -> grad_x``
+``roi_warp_forward``    ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                        pool_mode="max") -> y``
+``roi_warp_backward``   ``(x, rois, grad_output, output_size, ...) -> grad_x``
+``box_iou``             ``(boxes1, boxes2) -> iou``
+``nms``                 ``(boxes, scores, iou_threshold) -> keep`` (int64, by score)
+======================  ===========================================================
+
+Backends are imported on first use, so that e.g. the CUDA simulator setting can be chosen
+before numba is imported, and a learner without numba can still use ``"python"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+
+BACKEND_MODULES = {
+    "python": "refimpl.ops.python",  # plain loops: the definition
+    "numpy": "refimpl.ops.vectorized",  # vectorized NumPy
+    "numba": "refimpl.ops.cpu",  # numba njit/prange CPU kernels
+    "cuda": "refimpl.ops.cuda",  # numba-cuda kernels
+}
+
+BACKEND_FUNCTIONS = (
+    "roi_align_forward",
+    "roi_align_backward",
+    "roi_pool_forward",
+    "roi_pool_backward",
+    "roi_warp_forward",
+    "roi_warp_backward",
+    "box_iou",
+    "nms",
+)
+
+
+class _Backends(Mapping[str, ModuleType]):
+    """A read-only name -> module mapping that imports each backend when first asked for."""
+
+    def __getitem__(self, name: str) -> ModuleType:
+        if name not in BACKEND_MODULES:
+            raise KeyError(f"unknown backend {name!r}; choose from {sorted(BACKEND_MODULES)}")
+        return importlib.import_module(BACKEND_MODULES[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(BACKEND_MODULES)
+
+    def __len__(self) -> int:
+        return len(BACKEND_MODULES)
+
+
+BACKENDS: Mapping[str, ModuleType] = _Backends()
+
+__all__ = ["BACKENDS", "BACKEND_FUNCTIONS", "BACKEND_MODULES"]
