@@ -172,7 +172,9 @@ def _pool_bins(a: RoIArgs) -> Iterator:
     height, width = a.x.shape[2:]
     for k in range(a.rois.shape[0]):
         _, x1, y1, x2, y2 = a.rois[k]
-        start_y, start_x, bin_h, bin_w = g.pool_box(F, x1, y1, x2, y2, scale, a.pooled_h, a.pooled_w)
+        start_y, start_x, bin_h, bin_w = g.pool_box(
+            F, x1, y1, x2, y2, scale, a.pooled_h, a.pooled_w
+        )
         for ph in range(a.pooled_h):
             h_lo, h_hi = g.pool_bin(F, ph, bin_h, start_y, height)
             for pw in range(a.pooled_w):
