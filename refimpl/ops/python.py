@@ -246,7 +246,10 @@ def nms(boxes, scores, iou_threshold):
             for j in keep:
                 b = boxes[j]
                 inter = g.box_intersection(F, *a, *b)
-                if inter / (g.box_area(*a) + g.box_area(*b) - inter) > threshold:
+                iou = inter / (g.box_area(*a) + g.box_area(*b) - inter)
+                # Compare in float64, as torchvision does: a float32 IoU of 0.3 rounds up
+                # and is suppressed at threshold 0.3 (NumPy would round 0.3 to float32 too).
+                if float(iou) > threshold:
                     suppressed = True
                     break
             if not suppressed:
