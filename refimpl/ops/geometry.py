@@ -153,3 +153,53 @@ def box_intersection(F, ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
     w = min(ax2, bx2) - max(ax1, bx1)
     h = min(ay2, by2) - max(ay1, by1)
     return max(w, F(0.0)) * max(h, F(0.0))
+
+
+# --- Precise RoI Pooling: the exact integral of the bilinear map over each bin ---------------
+
+
+def tent_antiderivative(F, u):
+    """``T(u)``, the integral of the tent ``max(0, 1 - |t|)`` from -inf to ``u``.
+
+    Each pixel contributes a tent in y times a tent in x to the bilinearly interpolated map
+    (zero beyond one pixel outside), so every PrRoIPool integral is a sum of
+    ``T(b - i) - T(a - i)`` factors (Jiang et al., ECCV 2018, sec. 3.3, eq. 8).
+    """
+    if u <= -1.0:
+        return F(0.0)
+    if u <= 0.0:
+        return (u + F(1.0)) * (u + F(1.0)) / F(2.0)
+    if u <= 1.0:
+        return F(1.0) - (F(1.0) - u) * (F(1.0) - u) / F(2.0)
+    return F(1.0)
+
+
+def tent_integral(F, a, b, i):
+    """The integral of pixel ``i``'s tent ``max(0, 1 - |t - i|)`` over ``[a, b]``."""
+    return tent_antiderivative(F, b - F(i)) - tent_antiderivative(F, a - F(i))
+
+
+def tent(F, t):
+    """The tent ``max(0, 1 - |t|)``: a pixel's weight at distance ``t`` from its centre."""
+    return max(F(1.0) - abs(t), F(0.0))
+
+
+def tent_support(a, b, size):
+    """The pixels ``[lo, hi)`` whose tents overlap ``[a, b]``: ``a - 1 < i < b + 1``."""
+    lo = max(int(math.floor(a)), 0)
+    hi = min(int(math.ceil(b)) + 1, size)
+    return lo, max(hi, lo)
+
+
+def prroi_box(F, x1, y1, x2, y2, spatial_scale, aligned, pooled_h, pooled_w):
+    """Map a box to the feature map for PrRoIPool: no quantization and no minimum size.
+
+    Returns ``start_y, start_x, bin_h, bin_w``; an inverted box has zero-size bins (its
+    output is 0), as in the reference implementation's ``max(roi_width, 0)``.
+    """
+    offset = F(0.5) if aligned else F(0.0)
+    start_x = x1 * spatial_scale - offset
+    start_y = y1 * spatial_scale - offset
+    roi_w = max(x2 * spatial_scale - offset - start_x, F(0.0))
+    roi_h = max(y2 * spatial_scale - offset - start_y, F(0.0))
+    return start_y, start_x, roi_h / F(pooled_h), roi_w / F(pooled_w)

@@ -255,3 +255,108 @@ def nms(boxes, scores, iou_threshold):
             if not suppressed:
                 keep.append(int(i))
     return np.array(keep, dtype=np.int64)
+
+
+# --- Precise RoI Pooling (IoU-Net, Jiang et al., ECCV 2018, sec. 3.3) ----------------------
+
+
+def _prroi_bins(a: RoIArgs) -> Iterator:
+    """For every RoI and bin: (k, ph, pw, (y0, y1, x0, x1), area), the bin as a real interval."""
+    F = a.float_type
+    scale = F(a.spatial_scale)
+    for k in range(a.rois.shape[0]):
+        _, x1, y1, x2, y2 = a.rois[k]
+        start_y, start_x, bin_h, bin_w = g.prroi_box(
+            F, x1, y1, x2, y2, scale, a.aligned, a.pooled_h, a.pooled_w
+        )
+        for ph in range(a.pooled_h):
+            y0, y1_ = start_y + F(ph) * bin_h, start_y + F(ph + 1) * bin_h
+            for pw in range(a.pooled_w):
+                x0, x1_ = start_x + F(pw) * bin_w, start_x + F(pw + 1) * bin_w
+                yield k, ph, pw, (y0, y1_, x0, x1_), bin_h * bin_w
+
+
+def _tent_weights(F, lo, hi, size) -> dict[int, object]:
+    """Pixel -> integral of its tent over [lo, hi], for the pixels whose tents overlap it."""
+    first, last = g.tent_support(lo, hi, size)
+    return {i: g.tent_integral(F, lo, hi, i) for i in range(first, last)}
+
+
+def _tent_values(F, t, size) -> dict[int, object]:
+    """Pixel -> its tent's value at t (the map's weights along a bin edge)."""
+    first, last = g.tent_support(t, t, size)
+    return {i: g.tent(F, t - F(i)) for i in range(first, last)}
+
+
+def _separable_sum(plane: np.ndarray, wy: dict, wx: dict):
+    total = plane.dtype.type(0)
+    for i, a in wy.items():
+        for j, b in wx.items():
+            total += plane[i, j] * a * b
+    return total
+
+
+def prroi_pool_forward(x, rois, output_size, spatial_scale=1.0, aligned=False):
+    """PrRoIPool: the exact integral of the bilinearly interpolated map over each bin,
+    divided by the bin's area (a zero-area bin gives 0). No quantization, no sampling."""
+    a = check_roi_args(x, rois, output_size, spatial_scale, aligned=aligned)
+    F = a.float_type
+    height, width = a.x.shape[2:]
+    y = np.zeros((a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w), a.x.dtype)
+    for k, ph, pw, (y0, y1, x0, x1), area in _prroi_bins(a):
+        if area <= 0:
+            continue
+        wy, wx = _tent_weights(F, y0, y1, height), _tent_weights(F, x0, x1, width)
+        for c in range(a.x.shape[1]):
+            y[k, c, ph, pw] = _separable_sum(a.x[a.batch[k], c], wy, wx) / area
+    return y
+
+
+def prroi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0, aligned=False):
+    """Gradients of PrRoIPool to the input AND to the box: returns ``(grad_x, grad_rois)``.
+
+    The input gradient is the same tent integrals. The box moves the integral's limits, so
+    its gradient is a boundary integral of the map along each bin edge (Leibniz's rule),
+    minus the change of the bin's area: for the bottom edge ``y1`` of a bin of size
+    ``bh x bw``, ``dO/dy1 = (integral of f(y1, x) over the edge - O * bw) / (bh * bw)``.
+    ``grad_rois[:, 0]`` (the batch index) is 0.
+    """
+    a = check_roi_args(
+        x, rois, output_size, spatial_scale, aligned=aligned, grad_output=grad_output
+    )
+    F = a.float_type
+    scale = F(a.spatial_scale)
+    height, width = a.x.shape[2:]
+    grad_x = np.zeros_like(a.x)
+    grad_rois = np.zeros_like(a.rois)
+    for k, ph, pw, (y0, y1, x0, x1), area in _prroi_bins(a):
+        if area <= 0:
+            continue
+        b = a.batch[k]
+        wy, wx = _tent_weights(F, y0, y1, height), _tent_weights(F, x0, x1, width)
+        edges = {
+            "y0": (_tent_values(F, y0, height), wx),
+            "y1": (_tent_values(F, y1, height), wx),
+            "x0": (wy, _tent_values(F, x0, width)),
+            "x1": (wy, _tent_values(F, x1, width)),
+        }
+        d_edge = dict.fromkeys(edges, F(0))  # dLoss/d(bin edge), summed over channels
+        for c in range(a.x.shape[1]):
+            grad = a.grad_output[k, c, ph, pw]
+            plane = a.x[b, c]
+            for i, wi in wy.items():
+                for j, wj in wx.items():
+                    grad_x[b, c, i, j] += grad * wi * wj / area
+            out = _separable_sum(plane, wy, wx) / area
+            for name, (ey, ex) in edges.items():
+                sign = F(1) if name.endswith("1") else F(-1)
+                extent = (x1 - x0) if name[0] == "y" else (y1 - y0)
+                d_edge[name] += grad * sign * (_separable_sum(plane, ey, ex) - out * extent) / area
+        # Chain rule to the box corners: edge y0 of bin ph is y1_box + ph/PH * (y2_box - y1_box).
+        fy0, fy1 = F(ph) / F(a.pooled_h), F(ph + 1) / F(a.pooled_h)
+        fx0, fx1 = F(pw) / F(a.pooled_w), F(pw + 1) / F(a.pooled_w)
+        grad_rois[k, 1] += scale * (d_edge["x0"] * (1 - fx0) + d_edge["x1"] * (1 - fx1))
+        grad_rois[k, 3] += scale * (d_edge["x0"] * fx0 + d_edge["x1"] * fx1)
+        grad_rois[k, 2] += scale * (d_edge["y0"] * (1 - fy0) + d_edge["y1"] * (1 - fy1))
+        grad_rois[k, 4] += scale * (d_edge["y0"] * fy0 + d_edge["y1"] * fy1)
+    return grad_x, grad_rois
