@@ -1,0 +1,919 @@
+"""The ``"cuda"`` backend: numba-cuda kernels for RoIAlign, RoIPool, RoIWarp, box IoU and NMS.
+
+Two layers:
+
+* **Launch functions** (``launch_*``) take *device* arrays: numba device arrays, or anything
+  with ``__cuda_array_interface__`` such as a torch CUDA tensor, and an optional ``stream``.
+  They check only what is cheap to check on the host (shapes, dtypes, scalar parameters),
+  never the arrays' values: the caller must have validated the data (finite coordinates,
+  integral batch indices in range; see :mod:`refimpl.ops.validate`). A torch op can launch
+  them on its tensors without a copy.
+* **The backend interface** (``roi_align_forward`` ... ``nms``, the same functions and
+  signatures as :mod:`refimpl.ops.python`) on NumPy arrays: validate, copy to the device,
+  launch, copy back.
+
+Thread layout (all kernels, except NMS, use a 1-D grid-stride loop, so any grid size covers
+any problem and the grid can be capped at a few waves of the GPU):
+
+* RoI forwards: one thread per output element ``(k, c, ph, pw)``, as torchvision's CUDA
+  kernels. Consecutive threads take consecutive ``pw``, then ``ph``, then ``c``, so a warp
+  writes a contiguous run of the output. Every thread recomputes its RoI's geometry from the
+  box: a few flops, cheaper than a second pass and a buffer.
+* RoI backwards: also one thread per ``grad_output`` element, scattering into ``grad_x``
+  with **atomic adds** (see :func:`_roi_align_backward_body` for why not a gather).
+* ``box_iou``: one thread per pair ``(i, j)``.
+* ``nms``: torchvision's tiled suppression mask: one block of 64 threads per pair of 64-box
+  tiles, each thread one row box against the 64 column boxes held in shared memory, writing
+  one 64-bit word; the greedy pass over the mask runs on the host.
+
+Arithmetic: the geometry is :mod:`refimpl.ops.geometry`, compiled as device functions, in the
+input dtype ``F`` and in torchvision's operation order. Kernels are specialized per dtype by a
+cached factory that closes over ``F`` (a compile-time constant in the kernel).
+
+References: Mask R-CNN (He et al., 2017) sec. 3 "RoIAlign" and Table 2c (RoIWarp, max/avg);
+Fast R-CNN (Girshick, 2015) sec. 2.1 and eq. 4 (RoIPool and its backward); the semantics in
+``shared/spec/roi-ops.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+from types import SimpleNamespace
+
+import numpy as np
+from numba import cuda
+
+from . import geometry as g
+from .validate import (
+    FLOAT_DTYPES,
+    check_boxes,
+    check_nms_args,
+    check_pool_mode,
+    check_roi_args,
+    check_spatial_scale,
+)
+
+THREADS_PER_BLOCK = 256
+# A grid-stride loop lets the grid stay small: an H100 holds 132 SMs x 8 resident blocks of
+# 256 threads = 1056 blocks; 4096 blocks (about four waves) keeps every SM busy and bounds
+# the launch. Tests lower it to exercise the stride.
+MAX_BLOCKS = 4096
+NMS_TILE = 64  # boxes per tile = bits per mask word
+
+# --- device functions: the shared geometry, compiled for the GPU --------------------------
+
+
+def _rebind(func, **names):
+    """A copy of ``func`` whose global ``names`` are replaced (its code unchanged).
+
+    A device function can only call other compiled functions, but geometry's helpers call
+    ``c_round`` by its plain-Python global name; the copies here call its device version.
+    """
+    scope = {**func.__globals__, **names}
+    copy = types.FunctionType(
+        func.__code__, scope, func.__name__, func.__defaults__, func.__closure__
+    )
+    return functools.update_wrapper(copy, func)
+
+
+_c_round = cuda.jit(device=True)(g.c_round)
+_align_box = cuda.jit(device=True)(g.align_box)
+_sample_coord = cuda.jit(device=True)(g.sample_coord)
+_bilinear_1d = cuda.jit(device=True)(g.bilinear_1d)
+_pool_box = cuda.jit(device=True)(_rebind(g.pool_box, c_round=_c_round))
+_pool_bin = cuda.jit(device=True)(g.pool_bin)
+_warp_box = cuda.jit(device=True)(_rebind(g.warp_box, c_round=_c_round))
+_box_area = cuda.jit(device=True)(g.box_area)
+_box_intersection = cuda.jit(device=True)(g.box_intersection)
+
+
+@cuda.jit(device=True)
+def _roi_grid(F, rois, k, spatial_scale, aligned, quantize, pooled_h, pooled_w, sampling_ratio):
+    """The bins and sampling grid of RoI ``k`` (RoIAlign, paper sec. 3).
+
+    With ``quantize`` (RoIWarp) the box is first rounded to integer feature coordinates, as
+    RoIPool does, and then sampled at scale 1 without the half-pixel offset: one quantization
+    instead of RoIPool's two (the paper's Table 2c).
+    """
+    x1 = rois[k, 1]
+    y1 = rois[k, 2]
+    x2 = rois[k, 3]
+    y2 = rois[k, 4]
+    scale = F(spatial_scale)
+    if quantize:
+        x1, y1, x2, y2 = _warp_box(F, x1, y1, x2, y2, scale)
+        scale = F(1.0)
+    return _align_box(F, x1, y1, x2, y2, scale, aligned, pooled_h, pooled_w, sampling_ratio)
+
+
+@cuda.jit(device=True)
+def _bilinear(F, x, b, c, y, xx, height, width):
+    """Bilinear sample of plane ``x[b, c]`` at ``(y, xx)``; 0 more than a pixel outside."""
+    inside_y, y_low, y_high, wy_low, wy_high = _bilinear_1d(F, y, height)
+    inside_x, x_low, x_high, wx_low, wx_high = _bilinear_1d(F, xx, width)
+    if not (inside_y and inside_x):
+        return F(0.0)
+    # Same weights and summation order as the python backend (and torchvision).
+    return (
+        (wy_low * wx_low) * x[b, c, y_low, x_low]
+        + (wy_low * wx_high) * x[b, c, y_low, x_high]
+        + (wy_high * wx_low) * x[b, c, y_high, x_low]
+        + (wy_high * wx_high) * x[b, c, y_high, x_high]
+    )
+
+
+@cuda.jit(device=True)
+def _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share):
+    """Add ``share`` times each bilinear weight to the four pixels the sample at (y, xx) read.
+
+    Atomic: other bins and RoIs may write the same pixels concurrently. At the clamped border
+    two corners are the same pixel and it receives both weights, as in the forward.
+    """
+    inside_y, y_low, y_high, wy_low, wy_high = _bilinear_1d(F, y, height)
+    inside_x, x_low, x_high, wx_low, wx_high = _bilinear_1d(F, xx, width)
+    if not (inside_y and inside_x):
+        return
+    cuda.atomic.add(grad_x, (b, c, y_low, x_low), share * (wy_low * wx_low))
+    cuda.atomic.add(grad_x, (b, c, y_low, x_high), share * (wy_low * wx_high))
+    cuda.atomic.add(grad_x, (b, c, y_high, x_low), share * (wy_high * wx_low))
+    cuda.atomic.add(grad_x, (b, c, y_high, x_high), share * (wy_high * wx_high))
+
+
+@cuda.jit(device=True)
+def _max_sample(F, x, b, c, ph, pw, start_y, start_x, bin_h, bin_w, grid_h, grid_w, h, w):
+    """The bin's largest sample: ``(value, iy, ix)``, ``iy = -1`` for an empty grid.
+
+    An outside sample counts as 0; the first maximum wins (``>``), iterating iy then ix.
+    The backward calls this too, recomputing the argmax from ``x`` instead of storing it.
+    """
+    best = F(0.0)
+    best_iy = -1
+    best_ix = -1
+    for iy in range(grid_h):
+        y = _sample_coord(F, start_y, bin_h, ph, iy, grid_h)
+        for ix in range(grid_w):
+            xx = _sample_coord(F, start_x, bin_w, pw, ix, grid_w)
+            v = _bilinear(F, x, b, c, y, xx, h, w)
+            if best_iy < 0 or v > best:
+                best = v
+                best_iy = iy
+                best_ix = ix
+    return best, best_iy, best_ix
+
+
+@cuda.jit(device=True)
+def _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi):
+    """RoIPool's bin maximum: ``(value, y, x)``, the first maximum in row-major order;
+    ``y = -1`` (and value 0) for an empty bin."""
+    best = F(0.0)
+    best_y = -1
+    best_x = -1
+    for yy in range(h_lo, h_hi):
+        for xx in range(w_lo, w_hi):
+            v = x[b, c, yy, xx]
+            if best_y < 0 or v > best:
+                best = v
+                best_y = yy
+                best_x = xx
+    return best, best_y, best_x
+
+
+@cuda.jit(device=True)
+def _unravel(idx, channels, pooled_h, pooled_w):
+    """Output element ``idx`` of a C-ordered [K, C, PH, PW] array as (k, c, ph, pw)."""
+    pw = idx % pooled_w
+    ph = (idx // pooled_w) % pooled_h
+    c = (idx // (pooled_w * pooled_h)) % channels
+    k = idx // (pooled_w * pooled_h * channels)
+    return k, c, ph, pw
+
+
+# --- kernels, one set per dtype ------------------------------------------------------------
+
+
+@functools.cache
+def _kernels(dtype: np.dtype) -> SimpleNamespace:
+    """Compile-on-first-launch kernels for float32 or float64 (``F`` is closed over)."""
+    F = np.dtype(dtype).type
+
+    @cuda.jit
+    def roi_align_forward(x, rois, out, spatial_scale, sampling_ratio, aligned, max_mode, quantize):
+        """One thread per output element (k, c, ph, pw): avg or max of the bin's samples."""
+        n_images, channels, height, width = x.shape
+        n_rois, _, pooled_h, pooled_w = out.shape
+        total = n_rois * channels * pooled_h * pooled_w
+        for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            b = int(rois[k, 0])
+            if b < 0 or b >= n_images:  # guard only: validation has excluded this
+                out[k, c, ph, pw] = F(0.0)
+                continue
+            start_y, start_x, bin_h, bin_w, grid_h, grid_w, count = _roi_grid(
+                F, rois, k, spatial_scale, aligned, quantize, pooled_h, pooled_w, sampling_ratio
+            )
+            if max_mode:
+                value, _, _ = _max_sample(
+                    F,
+                    x,
+                    b,
+                    c,
+                    ph,
+                    pw,
+                    start_y,
+                    start_x,
+                    bin_h,
+                    bin_w,
+                    grid_h,
+                    grid_w,
+                    height,
+                    width,
+                )
+                out[k, c, ph, pw] = value
+            else:
+                acc = F(0.0)
+                for iy in range(grid_h):
+                    y = _sample_coord(F, start_y, bin_h, ph, iy, grid_h)
+                    for ix in range(grid_w):
+                        xx = _sample_coord(F, start_x, bin_w, pw, ix, grid_w)
+                        acc += _bilinear(F, x, b, c, y, xx, height, width)
+                out[k, c, ph, pw] = acc / count  # an empty grid: 0 / 1
+
+    @cuda.jit
+    def roi_align_backward(
+        x, rois, grad_out, grad_x, spatial_scale, sampling_ratio, aligned, max_mode, quantize
+    ):
+        """One thread per grad_output element, scattering with atomic adds.
+
+        Why atomics, not a gather (one thread per input pixel summing what reaches it): a
+        pixel would have to search all K RoIs of its image and, for each, the bins whose
+        samples touch it (work ~ N*C*H*W*K, mostly wasted on RoIs that miss the pixel),
+        whereas the scatter does exactly the forward's work. The RoIs of a detector spread
+        over the image, so few threads hit the same pixel at once and atomics rarely
+        contend; float32 and float64 atomic adds are native on sm_60+. This is also what
+        torchvision's CUDA kernel does. The price: the summation order varies between runs,
+        so the result is not bitwise deterministic (equal up to rounding).
+        """
+        n_images, channels, height, width = x.shape
+        n_rois, _, pooled_h, pooled_w = grad_out.shape
+        total = n_rois * channels * pooled_h * pooled_w
+        for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            b = int(rois[k, 0])
+            if b < 0 or b >= n_images:
+                continue
+            start_y, start_x, bin_h, bin_w, grid_h, grid_w, count = _roi_grid(
+                F, rois, k, spatial_scale, aligned, quantize, pooled_h, pooled_w, sampling_ratio
+            )
+            grad = grad_out[k, c, ph, pw]
+            if max_mode:
+                # The gradient of a max goes, undivided, to the winning sample only.
+                _, best_iy, best_ix = _max_sample(
+                    F,
+                    x,
+                    b,
+                    c,
+                    ph,
+                    pw,
+                    start_y,
+                    start_x,
+                    bin_h,
+                    bin_w,
+                    grid_h,
+                    grid_w,
+                    height,
+                    width,
+                )
+                if best_iy >= 0:
+                    y = _sample_coord(F, start_y, bin_h, ph, best_iy, grid_h)
+                    xx = _sample_coord(F, start_x, bin_w, pw, best_ix, grid_w)
+                    _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, grad)
+            else:
+                share = grad / count
+                for iy in range(grid_h):
+                    y = _sample_coord(F, start_y, bin_h, ph, iy, grid_h)
+                    for ix in range(grid_w):
+                        xx = _sample_coord(F, start_x, bin_w, pw, ix, grid_w)
+                        _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share)
+
+    @cuda.jit
+    def roi_pool_forward(x, rois, out, spatial_scale):
+        """One thread per output element: the maximum of its quantized bin (0 if empty)."""
+        n_images, channels, height, width = x.shape
+        n_rois, _, pooled_h, pooled_w = out.shape
+        total = n_rois * channels * pooled_h * pooled_w
+        for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            b = int(rois[k, 0])
+            if b < 0 or b >= n_images:
+                out[k, c, ph, pw] = F(0.0)
+                continue
+            start_y, start_x, bin_h, bin_w = _pool_box(
+                F,
+                rois[k, 1],
+                rois[k, 2],
+                rois[k, 3],
+                rois[k, 4],
+                F(spatial_scale),
+                pooled_h,
+                pooled_w,
+            )
+            h_lo, h_hi = _pool_bin(F, ph, bin_h, start_y, height)
+            w_lo, w_hi = _pool_bin(F, pw, bin_w, start_x, width)
+            value, _, _ = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi)
+            out[k, c, ph, pw] = value
+
+    @cuda.jit
+    def roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale):
+        """One thread per grad_output element: recompute the bin's argmax from x, then an
+        atomic add there (Fast R-CNN eq. 4; bins of one RoI and of different RoIs overlap)."""
+        n_images, channels, height, width = x.shape
+        n_rois, _, pooled_h, pooled_w = grad_out.shape
+        total = n_rois * channels * pooled_h * pooled_w
+        for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            b = int(rois[k, 0])
+            if b < 0 or b >= n_images:
+                continue
+            start_y, start_x, bin_h, bin_w = _pool_box(
+                F,
+                rois[k, 1],
+                rois[k, 2],
+                rois[k, 3],
+                rois[k, 4],
+                F(spatial_scale),
+                pooled_h,
+                pooled_w,
+            )
+            h_lo, h_hi = _pool_bin(F, ph, bin_h, start_y, height)
+            w_lo, w_hi = _pool_bin(F, pw, bin_w, start_x, width)
+            _, best_y, best_x = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi)
+            if best_y >= 0:
+                cuda.atomic.add(grad_x, (b, c, best_y, best_x), grad_out[k, c, ph, pw])
+
+    @cuda.jit
+    def box_iou(boxes1, boxes2, iou):
+        """One thread per pair (i, j). 0 / 0 (two empty boxes) gives NaN, as torchvision."""
+        n = boxes1.shape[0]
+        m = boxes2.shape[0]
+        for idx in range(cuda.grid(1), n * m, cuda.gridsize(1)):
+            i = idx // m
+            j = idx % m
+            ax1, ay1, ax2, ay2 = boxes1[i, 0], boxes1[i, 1], boxes1[i, 2], boxes1[i, 3]
+            bx1, by1, bx2, by2 = boxes2[j, 0], boxes2[j, 1], boxes2[j, 2], boxes2[j, 3]
+            inter = _box_intersection(F, ax1, ay1, ax2, ay2, bx1, by1, bx2, by2)
+            union = _box_area(ax1, ay1, ax2, ay2) + _box_area(bx1, by1, bx2, by2) - inter
+            iou[i, j] = inter / union
+
+    @cuda.jit
+    def nms_mask(boxes, mask, iou_threshold):
+        """Block (col_tile, row_tile) of NMS_TILE threads; thread t compares row box
+        ``row_tile * 64 + t`` with the tile's 64 column boxes (staged in shared memory, read
+        by every thread) and writes one 64-bit word: bit j set when the row box would
+        suppress column box ``col_tile * 64 + j``, i.e. the column box comes later in score
+        order and their IoU is strictly above the threshold (torchvision's layout)."""
+        n = boxes.shape[0]
+        col_tile = cuda.blockIdx.x
+        row_tile = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        row_size = min(n - row_tile * NMS_TILE, NMS_TILE)
+        col_size = min(n - col_tile * NMS_TILE, NMS_TILE)
+        tile = cuda.shared.array((NMS_TILE, 4), dtype=F)
+        if t < col_size:
+            for d in range(4):
+                tile[t, d] = boxes[col_tile * NMS_TILE + t, d]
+        cuda.syncthreads()  # reached by every thread of the block: no early return above
+        if t < row_size:
+            i = row_tile * NMS_TILE + t
+            ax1, ay1, ax2, ay2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+            area_a = _box_area(ax1, ay1, ax2, ay2)
+            bits = np.uint64(0)
+            if row_tile <= col_tile:  # tiles below the diagonal hold only earlier boxes
+                first = t + 1 if row_tile == col_tile else 0
+                for j in range(first, col_size):
+                    bx1, by1, bx2, by2 = tile[j, 0], tile[j, 1], tile[j, 2], tile[j, 3]
+                    inter = _box_intersection(F, ax1, ay1, ax2, ay2, bx1, by1, bx2, by2)
+                    iou = inter / (area_a + _box_area(bx1, by1, bx2, by2) - inter)
+                    # F vs float64 threshold: compared in float64, as torchvision's C++.
+                    # NaN (0 / 0) compares False: an empty box suppresses nothing.
+                    if iou > iou_threshold:
+                        bits |= np.uint64(1) << np.uint64(j)
+            mask[i, col_tile] = bits
+
+    return SimpleNamespace(
+        roi_align_forward=roi_align_forward,
+        roi_align_backward=roi_align_backward,
+        roi_pool_forward=roi_pool_forward,
+        roi_pool_backward=roi_pool_backward,
+        box_iou=box_iou,
+        nms_mask=nms_mask,
+    )
+
+
+# --- launch layer: device arrays in, device arrays out -------------------------------------
+
+
+def _device(a, name: str):
+    """``a`` as a numba device array: numba's own pass through; anything else exposing
+    ``__cuda_array_interface__`` (a torch CUDA tensor) is wrapped without a copy."""
+    if hasattr(a, "copy_to_host") and hasattr(a, "shape") and hasattr(a, "dtype"):
+        return a  # a numba device array (or the simulator's stand-in)
+    if hasattr(a, "__cuda_array_interface__") and hasattr(cuda, "as_cuda_array"):
+        return cuda.as_cuda_array(a)
+    raise TypeError(
+        f"{name} must be a device array (numba device array or an object with "
+        f"__cuda_array_interface__), got {type(a).__name__}"
+    )
+
+
+def _check_shape(name: str, a, shape: tuple) -> None:
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+
+
+def _check_dtype(name: str, a, dtype) -> None:
+    if np.dtype(a.dtype) != np.dtype(dtype):
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {np.dtype(a.dtype)}")
+
+
+def _check_contiguous(name: str, a) -> None:
+    # Outputs are written element by element and accumulated atomically: overlapping
+    # memory (e.g. a broadcast view) would race, so insist on a plain C-ordered buffer.
+    if not a.is_c_contiguous():
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+def _launch_size(n: int) -> tuple[int, int]:
+    """(blocks, threads) for ``n`` work items in a grid-stride loop.
+
+    Small problems get a smaller block (a warp multiple): the same result, less idle work.
+    """
+    threads = min(THREADS_PER_BLOCK, 32 * ((n + 31) // 32))
+    blocks = min(MAX_BLOCKS, (n + threads - 1) // threads)
+    return blocks, threads
+
+
+def _roi_arrays(x, rois, out, out_name: str):
+    """Device views of x, rois and the [K, C, PH, PW] array; their shapes and dtypes agree."""
+    x = _device(x, "x")
+    rois = _device(rois, "rois")
+    out = _device(out, out_name)
+    if len(x.shape) != 4:
+        raise ValueError(f"x must have shape [N, C, H, W], got {tuple(x.shape)}")
+    if np.dtype(x.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"x must have dtype float32 or float64, got {np.dtype(x.dtype)}")
+    if len(rois.shape) != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must have shape [K, 5], got {tuple(rois.shape)}")
+    _check_dtype("rois", rois, x.dtype)
+    if len(out.shape) != 4 or out.shape[0] != rois.shape[0] or out.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"{out_name} must have shape [K={rois.shape[0]}, C={x.shape[1]}, PH, PW], "
+            f"got {tuple(out.shape)}"
+        )
+    _check_dtype(out_name, out, x.dtype)
+    return x, rois, out
+
+
+def _check_sampling_ratio(sampling_ratio) -> int:
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
+        raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
+    return int(sampling_ratio)
+
+
+def _launch_align_forward(
+    x, rois, out, spatial_scale, sampling_ratio, aligned, mode, quantize, stream
+):
+    x, rois, out = _roi_arrays(x, rois, out, "out")
+    _check_contiguous("out", out)
+    scale = check_spatial_scale(spatial_scale)
+    sampling_ratio = _check_sampling_ratio(sampling_ratio)
+    max_mode = check_pool_mode(mode) == "max"
+    n = math.prod(out.shape)
+    if n == 0:
+        return out
+    blocks, threads = _launch_size(n)
+    _kernels(x.dtype).roi_align_forward[blocks, threads, stream](
+        x,
+        rois,
+        out,
+        np.float64(scale),
+        np.int64(sampling_ratio),
+        bool(aligned),
+        max_mode,
+        quantize,
+    )
+    return out
+
+
+def _launch_align_backward(
+    x, rois, grad_out, grad_x, spatial_scale, sampling_ratio, aligned, mode, quantize, stream
+):
+    x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out")
+    grad_x = _device(grad_x, "grad_x")
+    _check_shape("grad_x", grad_x, x.shape)
+    _check_dtype("grad_x", grad_x, x.dtype)
+    _check_contiguous("grad_x", grad_x)
+    scale = check_spatial_scale(spatial_scale)
+    sampling_ratio = _check_sampling_ratio(sampling_ratio)
+    max_mode = check_pool_mode(mode) == "max"
+    n = math.prod(grad_out.shape)
+    if n == 0:
+        return grad_x
+    blocks, threads = _launch_size(n)
+    _kernels(x.dtype).roi_align_backward[blocks, threads, stream](
+        x,
+        rois,
+        grad_out,
+        grad_x,
+        np.float64(scale),
+        np.int64(sampling_ratio),
+        bool(aligned),
+        max_mode,
+        quantize,
+    )
+    return grad_x
+
+
+def launch_roi_align_forward(
+    x, rois, out, spatial_scale, sampling_ratio, aligned, pool_mode="avg", stream=0
+):
+    """Launch RoIAlign's forward (Mask R-CNN sec. 3) on device arrays; returns ``out``.
+
+    ``x`` [N, C, H, W] and ``rois`` [K, 5] (batch_index, x1, y1, x2, y2) are device arrays of
+    one dtype, float32 or float64 (any strides); ``out`` [K, C, PH, PW] of that dtype,
+    C-contiguous, is overwritten (its shape gives the output size). ``spatial_scale`` > 0,
+    ``sampling_ratio`` int (<= 0: adaptive), ``aligned`` bool, ``pool_mode`` "avg" | "max".
+    The caller must have validated the *values* (as :func:`refimpl.ops.validate.check_rois`
+    does): finite coordinates within +-2**24 feature pixels, integral batch indices in
+    [0, N). Asynchronous on ``stream`` (a numba stream, or 0 for the default stream; for
+    torch, ``cuda.external_stream(torch.cuda.current_stream().cuda_stream)``).
+    """
+    return _launch_align_forward(
+        x, rois, out, spatial_scale, sampling_ratio, aligned, pool_mode, False, stream
+    )
+
+
+def launch_roi_align_backward(
+    x, rois, grad_out, grad_x, spatial_scale, sampling_ratio, aligned, pool_mode="avg", stream=0
+):
+    """Launch RoIAlign's backward on device arrays; returns ``grad_x``.
+
+    Arguments as :func:`launch_roi_align_forward`, plus ``grad_out`` [K, C, PH, PW] (any
+    strides) and ``grad_x`` [N, C, H, W], C-contiguous, both of x's dtype. ``grad_x`` is
+    **accumulated into** with atomic adds: pass it zeroed. ``x`` is read only in max mode
+    (the argmax is recomputed), but its shape and dtype are always required.
+    """
+    return _launch_align_backward(
+        x,
+        rois,
+        grad_out,
+        grad_x,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        pool_mode,
+        False,
+        stream,
+    )
+
+
+def launch_roi_warp_forward(x, rois, out, spatial_scale, sampling_ratio, pool_mode="max", stream=0):
+    """Launch RoIWarp's forward (RoIAlign of the once-quantized box; Mask R-CNN Table 2c).
+
+    Contract as :func:`launch_roi_align_forward` (there is no ``aligned``). The boxes are
+    rounded in the kernel: pass the original ``rois``.
+    """
+    return _launch_align_forward(
+        x, rois, out, spatial_scale, sampling_ratio, False, pool_mode, True, stream
+    )
+
+
+def launch_roi_warp_backward(
+    x, rois, grad_out, grad_x, spatial_scale, sampling_ratio, pool_mode="max", stream=0
+):
+    """Launch RoIWarp's backward; contract as :func:`launch_roi_align_backward`."""
+    return _launch_align_backward(
+        x,
+        rois,
+        grad_out,
+        grad_x,
+        spatial_scale,
+        sampling_ratio,
+        False,
+        pool_mode,
+        True,
+        stream,
+    )
+
+
+def launch_roi_pool_forward(x, rois, out, spatial_scale, stream=0):
+    """Launch RoIPool's forward (Fast R-CNN sec. 2.1) on device arrays; returns ``out``.
+
+    Shapes, dtypes and the caller's validation as :func:`launch_roi_align_forward`. No argmax
+    is stored: the backward recomputes it from ``x``.
+    """
+    x, rois, out = _roi_arrays(x, rois, out, "out")
+    _check_contiguous("out", out)
+    scale = check_spatial_scale(spatial_scale)
+    n = math.prod(out.shape)
+    if n == 0:
+        return out
+    blocks, threads = _launch_size(n)
+    _kernels(x.dtype).roi_pool_forward[blocks, threads, stream](x, rois, out, np.float64(scale))
+    return out
+
+
+def launch_roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream=0):
+    """Launch RoIPool's backward (Fast R-CNN eq. 4); returns ``grad_x``.
+
+    As :func:`launch_roi_align_backward`: ``grad_x`` is accumulated into (pass it zeroed);
+    ``x`` is read to recompute each bin's argmax (the first maximum in row-major order).
+    """
+    x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out")
+    grad_x = _device(grad_x, "grad_x")
+    _check_shape("grad_x", grad_x, x.shape)
+    _check_dtype("grad_x", grad_x, x.dtype)
+    _check_contiguous("grad_x", grad_x)
+    scale = check_spatial_scale(spatial_scale)
+    n = math.prod(grad_out.shape)
+    if n == 0:
+        return grad_x
+    blocks, threads = _launch_size(n)
+    _kernels(x.dtype).roi_pool_backward[blocks, threads, stream](
+        x, rois, grad_out, grad_x, np.float64(scale)
+    )
+    return grad_x
+
+
+def launch_box_iou(boxes1, boxes2, iou, stream=0):
+    """Launch the pairwise IoU: ``boxes1`` [N, 4], ``boxes2`` [M, 4] (x1, y1, x2, y2) and
+    ``iou`` [N, M] (C-contiguous, overwritten) device arrays of one float dtype; returns
+    ``iou``. Finite coordinates are the caller's concern."""
+    boxes1 = _device(boxes1, "boxes1")
+    boxes2 = _device(boxes2, "boxes2")
+    iou = _device(iou, "iou")
+    if np.dtype(boxes1.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"boxes1 must have dtype float32 or float64, got {boxes1.dtype}")
+    for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
+        if len(b.shape) != 2 or b.shape[1] != 4:
+            raise ValueError(f"{name} must have shape [N, 4], got {tuple(b.shape)}")
+    _check_dtype("boxes2", boxes2, boxes1.dtype)
+    _check_shape("iou", iou, (boxes1.shape[0], boxes2.shape[0]))
+    _check_dtype("iou", iou, boxes1.dtype)
+    _check_contiguous("iou", iou)
+    n = boxes1.shape[0] * boxes2.shape[0]
+    if n == 0:
+        return iou
+    blocks, threads = _launch_size(n)
+    _kernels(boxes1.dtype).box_iou[blocks, threads, stream](boxes1, boxes2, iou)
+    return iou
+
+
+def nms_mask_shape(n_boxes: int) -> tuple[int, int]:
+    """Shape of the suppression mask for ``n_boxes`` boxes: [n, ceil(n / 64)] of uint64."""
+    return n_boxes, (n_boxes + NMS_TILE - 1) // NMS_TILE
+
+
+def launch_nms_mask(boxes_sorted, mask, iou_threshold, stream=0):
+    """Launch the NMS suppression mask on device arrays; returns ``mask``.
+
+    ``boxes_sorted`` [n, 4] (float32 or float64): the boxes already in decreasing score
+    order (stable on ties, as ``np.argsort(-scores, kind="stable")`` or
+    ``torch.sort(scores, descending=True, stable=True)``). ``mask``: uint64, shape
+    :func:`nms_mask_shape`, C-contiguous, overwritten (int64 is accepted too and receives
+    the same bits): bit ``j % 64`` of ``mask[i, j // 64]``
+    is set when ``j > i`` and IoU(box i, box j) > ``iou_threshold`` (compared in float64).
+    Reduce it on the host with :func:`reduce_nms_mask`.
+    """
+    boxes_sorted = _device(boxes_sorted, "boxes_sorted")
+    mask = _device(mask, "mask")
+    if np.dtype(boxes_sorted.dtype) not in FLOAT_DTYPES:
+        raise TypeError(
+            f"boxes_sorted must have dtype float32 or float64, got {boxes_sorted.dtype}"
+        )
+    if len(boxes_sorted.shape) != 2 or boxes_sorted.shape[1] != 4:
+        raise ValueError(f"boxes_sorted must have shape [n, 4], got {tuple(boxes_sorted.shape)}")
+    n, tiles = nms_mask_shape(boxes_sorted.shape[0])
+    _check_shape("mask", mask, (n, tiles))
+    if np.dtype(mask.dtype) == np.int64:
+        mask = mask.view(np.uint64)  # the same 64 bits (torch's uint64 support is thin)
+    _check_dtype("mask", mask, np.uint64)
+    _check_contiguous("mask", mask)
+    threshold = float(iou_threshold)
+    if not math.isfinite(threshold):
+        raise ValueError(f"iou_threshold must be finite, got {iou_threshold!r}")
+    if n == 0:
+        return mask
+    # np.float64 (not a Python float) so that the simulator compares as the GPU does.
+    _kernels(boxes_sorted.dtype).nms_mask[(tiles, tiles), NMS_TILE, stream](
+        boxes_sorted, mask, np.float64(threshold)
+    )
+    return mask
+
+
+def reduce_nms_mask(mask: np.ndarray) -> np.ndarray:
+    """The greedy pass of NMS on the host: positions (in score order, int64) of kept boxes.
+
+    Visits the boxes in order; a box is kept unless a kept box has set its bit, and a kept
+    box's row of the mask is OR-ed into the running ``removed`` words. Sequential by nature,
+    and cheap next to the O(n^2) mask (one word OR per tile per kept box).
+    """
+    mask = np.asarray(mask)
+    if mask.dtype == np.int64:
+        mask = mask.view(np.uint64)
+    if mask.dtype != np.uint64 or mask.ndim != 2:
+        raise TypeError(
+            f"mask must be a 2-D uint64 (or int64) array, got {mask.dtype} {mask.shape}"
+        )
+    n = mask.shape[0]
+    removed = np.zeros(mask.shape[1], np.uint64)
+    keep = []
+    for i in range(n):
+        word = int(removed[i // NMS_TILE])
+        if not (word >> (i % NMS_TILE)) & 1:
+            keep.append(i)
+            removed |= mask[i]
+    return np.array(keep, dtype=np.int64)
+
+
+# --- the backend interface: NumPy arrays in and out -----------------------------------------
+
+
+def _require_device() -> None:
+    if not cuda.is_available():
+        raise RuntimeError(
+            "the 'cuda' backend needs a CUDA GPU, or the CUDA simulator: set "
+            "NUMBA_ENABLE_CUDASIM=1 in the environment before numba is imported"
+        )
+
+
+def _align(
+    x, rois, grad_output, output_size, spatial_scale, sampling_ratio, aligned, pool_mode, quantize
+):
+    """Validate, copy in, launch forward (grad_output None) or backward, copy out."""
+    a = check_roi_args(
+        x, rois, output_size, spatial_scale, sampling_ratio, aligned, pool_mode, grad_output
+    )
+    _require_device()
+    n_rois, channels = a.rois.shape[0], a.x.shape[1]
+    if grad_output is None:
+        shape = (n_rois, channels, a.pooled_h, a.pooled_w)
+        if n_rois == 0 or channels == 0:
+            return np.zeros(shape, a.x.dtype)
+        out = cuda.device_array(shape, a.x.dtype)
+        _launch_align_forward(
+            cuda.to_device(a.x),
+            cuda.to_device(a.rois),
+            out,
+            a.spatial_scale,
+            a.sampling_ratio,
+            a.aligned,
+            a.pool_mode,
+            quantize,
+            0,
+        )
+        return out.copy_to_host()
+    if n_rois == 0 or channels == 0:
+        return np.zeros_like(a.x)
+    grad_x = cuda.to_device(np.zeros_like(a.x))
+    _launch_align_backward(
+        cuda.to_device(a.x),
+        cuda.to_device(a.rois),
+        cuda.to_device(a.grad_output),
+        grad_x,
+        a.spatial_scale,
+        a.sampling_ratio,
+        a.aligned,
+        a.pool_mode,
+        quantize,
+        0,
+    )
+    return grad_x.copy_to_host()
+
+
+def roi_align_forward(
+    x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, pool_mode="avg"
+):
+    """RoIAlign (Mask R-CNN sec. 3): average (or max) of bilinear samples in each bin."""
+    return _align(
+        x, rois, None, output_size, spatial_scale, sampling_ratio, aligned, pool_mode, False
+    )
+
+
+def roi_align_backward(
+    x,
+    rois,
+    grad_output,
+    output_size,
+    spatial_scale=1.0,
+    sampling_ratio=-1,
+    aligned=False,
+    pool_mode="avg",
+):
+    """Gradient of RoIAlign with respect to ``x`` (the boxes get none)."""
+    return _align(
+        x,
+        rois,
+        grad_output,
+        output_size,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        pool_mode,
+        False,
+    )
+
+
+def roi_warp_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, pool_mode="max"):
+    """RoIWarp: quantize the box once, then sample bilinearly (Mask R-CNN Table 2c)."""
+    return _align(x, rois, None, output_size, spatial_scale, sampling_ratio, False, pool_mode, True)
+
+
+def roi_warp_backward(
+    x, rois, grad_output, output_size, spatial_scale=1.0, sampling_ratio=-1, pool_mode="max"
+):
+    """Gradient of RoIWarp with respect to ``x``."""
+    return _align(
+        x, rois, grad_output, output_size, spatial_scale, sampling_ratio, False, pool_mode, True
+    )
+
+
+def roi_pool_forward(x, rois, output_size, spatial_scale=1.0):
+    """RoIPool (Fast R-CNN sec. 2.1): max over each quantized bin; an empty bin gives 0."""
+    a = check_roi_args(x, rois, output_size, spatial_scale)
+    _require_device()
+    shape = (a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w)
+    if math.prod(shape) == 0:
+        return np.zeros(shape, a.x.dtype)
+    out = cuda.device_array(shape, a.x.dtype)
+    launch_roi_pool_forward(cuda.to_device(a.x), cuda.to_device(a.rois), out, a.spatial_scale)
+    return out.copy_to_host()
+
+
+def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):
+    """The gradient of each bin goes to its argmax pixel (Fast R-CNN eq. 4)."""
+    a = check_roi_args(x, rois, output_size, spatial_scale, grad_output=grad_output)
+    _require_device()
+    if a.grad_output.size == 0:
+        return np.zeros_like(a.x)
+    grad_x = cuda.to_device(np.zeros_like(a.x))
+    launch_roi_pool_backward(
+        cuda.to_device(a.x),
+        cuda.to_device(a.rois),
+        cuda.to_device(a.grad_output),
+        grad_x,
+        a.spatial_scale,
+    )
+    return grad_x.copy_to_host()
+
+
+def box_iou(boxes1, boxes2):
+    """Intersection over union of every pair: [N, M] (0 / 0 = NaN, as torchvision)."""
+    boxes1 = check_boxes("boxes1", boxes1)
+    boxes2 = check_boxes("boxes2", boxes2).astype(boxes1.dtype)
+    _require_device()
+    shape = (boxes1.shape[0], boxes2.shape[0])
+    if math.prod(shape) == 0:
+        return np.zeros(shape, boxes1.dtype)
+    iou = cuda.device_array(shape, boxes1.dtype)
+    launch_box_iou(cuda.to_device(boxes1), cuda.to_device(boxes2), iou)
+    return iou.copy_to_host()
+
+
+def nms(boxes, scores, iou_threshold):
+    """Greedy non-maximum suppression: the IoU mask of the score-sorted boxes on the device,
+    the greedy pass on the host; kept indices (int64) in decreasing score order."""
+    boxes, scores, threshold = check_nms_args(boxes, scores, iou_threshold)
+    _require_device()
+    if boxes.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-scores, kind="stable")
+    mask = cuda.device_array(nms_mask_shape(boxes.shape[0]), np.uint64)
+    launch_nms_mask(cuda.to_device(np.ascontiguousarray(boxes[order])), mask, threshold)
+    return order[reduce_nms_mask(mask.copy_to_host())].astype(np.int64)
+
+
+__all__ = [
+    "MAX_BLOCKS",
+    "NMS_TILE",
+    "THREADS_PER_BLOCK",
+    "box_iou",
+    "launch_box_iou",
+    "launch_nms_mask",
+    "launch_roi_align_backward",
+    "launch_roi_align_forward",
+    "launch_roi_pool_backward",
+    "launch_roi_pool_forward",
+    "launch_roi_warp_backward",
+    "launch_roi_warp_forward",
+    "nms",
+    "nms_mask_shape",
+    "reduce_nms_mask",
+    "roi_align_backward",
+    "roi_align_forward",
+    "roi_pool_backward",
+    "roi_pool_forward",
+    "roi_warp_backward",
+    "roi_warp_forward",
+]

@@ -1,0 +1,136 @@
+"""The CUDA path of the torch operators (refimpl.ops.torch_ops), under the CUDA simulator.
+
+    NUMBA_ENABLE_CUDASIM=1 .venv/bin/pytest tests/cuda
+
+Without a GPU, torch has no CUDA tensors; but the simulator runs the cuda backend's launch
+functions on NumPy arrays. Here the one place that turns torch tensors into numba device
+arrays (``torch_ops._numba_cuda``) is replaced by zero-copy simulator arrays over CPU tensors,
+so that everything else of the CUDA kernels runs as on a GPU: validation, dtype handling,
+the argument order of every launch, zeroed gradient buffers, the input stand-in of the
+average modes, and NMS's mask and host pass. They must agree with the CPU operators. (On a
+GPU, tests/ops/test_torch_ops.py runs the real path.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from refimpl.ops import torch_ops as T
+
+pytestmark = pytest.mark.cudasim
+
+numba_cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+if not numba_cuda.is_available():
+    pytest.skip(
+        "no CUDA device: run with NUMBA_ENABLE_CUDASIM=1 (in its own process) or on a GPU",
+        allow_module_level=True,
+    )
+from numba import config  # noqa: E402
+
+if not config.ENABLE_CUDASIM:
+    pytest.skip("a real GPU: tests/ops/test_torch_ops.py covers it", allow_module_level=True)
+
+from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray  # noqa: E402
+
+OUT = (2, 3)
+SCALE = 0.5
+
+
+@pytest.fixture(autouse=True)
+def simulated_device(monkeypatch):
+    @contextlib.contextmanager
+    def numba_cuda_on_cpu(device):
+        # .numpy() shares the tensor's memory: kernels write into torch's buffers, as on a GPU.
+        yield (lambda t: FakeCUDAArray(t.detach().numpy())), 0
+
+    monkeypatch.setattr(T, "_numba_cuda", numba_cuda_on_cpu)
+
+
+def _inputs(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 2, 5, 6), generator=g, dtype=torch.float64).to(dtype)
+    rois = torch.tensor(
+        [
+            [0, 0.3, 0.7, 9.2, 7.9],  # inside
+            [1, -3.1, -1.3, 5.4, 11.7],  # partly outside
+            [1, 4.4, 6.2, 4.4, 6.2],  # zero size
+            [0, 9.5, 8.4, 2.2, 1.9],  # inverted
+        ],
+        dtype=torch.float32 if dtype == torch.float16 else dtype,
+    )
+    grad = torch.randn((4, 2, *OUT), generator=g, dtype=torch.float64).to(dtype)
+    return x, rois, grad
+
+
+# (backend function stem, public torch function, its parameters after output_size)
+CASES = [
+    ("roi_align", T.roi_align, (SCALE, -1, False, "avg")),
+    ("roi_align", T.roi_align, (SCALE, 2, True, "avg")),
+    ("roi_align", T.roi_align, (SCALE, 2, False, "max")),
+    ("roi_warp", T.roi_warp, (SCALE, -1, "avg")),
+    ("roi_warp", T.roi_warp, (SCALE, 2, "max")),
+    ("roi_pool", T.roi_pool, (SCALE,)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{'-'.join(map(str, c[2]))}")
+def test_roi_ops_cuda_path_matches_cpu(case, dtype):
+    stem, fn, params = case
+    x, rois, grad = _inputs(dtype)
+    x_req = x.clone().requires_grad_(True)
+    y_cpu = fn(x_req, rois, OUT, *params)
+    (g_cpu,) = torch.autograd.grad(y_cpu, x_req, grad)
+
+    y = T._cuda_roi_forward(f"{stem}_forward", x, rois, OUT, *params)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, y_cpu, rtol=1e-6, atol=1e-6)
+    # The average modes do not keep the input: the backward gets None for it.
+    keeps_input = stem == "roi_pool" or params[-1] == "max"
+    g = T._cuda_roi_backward(
+        f"{stem}_backward", grad, x if keeps_input else None, rois, x.shape, OUT, *params
+    )
+    assert g.dtype == dtype
+    torch.testing.assert_close(g, g_cpu, rtol=1e-6, atol=1e-6)
+
+
+def test_roi_cuda_path_validates_before_launch():
+    x, rois, _ = _inputs(torch.float64)
+    bad = rois.clone()
+    bad[1, 0] = 2  # batch index out of range: a kernel would read outside x
+    with pytest.raises(ValueError, match=r"rois\[:, 0\]"):
+        T._cuda_roi_forward("roi_align_forward", x, bad, OUT, SCALE, -1, False, "avg")
+    bad = rois.clone()
+    bad[0, 3] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        T._cuda_roi_backward(
+            "roi_pool_backward", torch.zeros(4, 2, *OUT, dtype=x.dtype), x, bad, x.shape, OUT, 1.0
+        )
+    empty = T._cuda_roi_forward("roi_align_forward", x, rois[:0], OUT, SCALE, -1, False, "avg")
+    assert empty.shape == (0, 2, *OUT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nms_and_box_iou_cuda_path_match_cpu(dtype):
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(70, 2, generator=g, dtype=torch.float64) * 30  # > 64: two mask tiles
+    boxes = torch.cat([xy, xy + 3 + torch.rand(70, 2, generator=g) * 12], 1).to(dtype)
+    scores = (torch.randint(0, 5, (70,), generator=g) / 4).to(dtype)  # many ties
+    for thr in (0.2, 0.5):
+        torch.testing.assert_close(T._cuda_nms(boxes, scores, thr), T.nms(boxes, scores, thr))
+    assert T._cuda_nms(boxes[:0], scores[:0], 0.5).shape == (0,)
+    bad = boxes.clone()
+    bad[3, 1] = float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        T._cuda_nms(bad, scores, 0.5)
+    torch.testing.assert_close(
+        T._cuda_box_iou(boxes[:9], boxes[5:12]), T.box_iou(boxes[:9], boxes[5:12])
+    )
+    assert T._cuda_box_iou(boxes[:0], boxes).shape == (0, 70)
+    with pytest.raises(ValueError, match=r"boxes2.*finite"):
+        T._cuda_box_iou(boxes, bad)
+    assert np.isnan(T._cuda_box_iou(boxes[:1] * 0, boxes[:1] * 0).item())  # 0 / 0, as torchvision
