@@ -62,4 +62,33 @@ class _Backends(Mapping[str, ModuleType]):
 
 BACKENDS: Mapping[str, ModuleType] = _Backends()
 
-__all__ = ["BACKENDS", "BACKEND_FUNCTIONS", "BACKEND_MODULES"]
+# The torch operators (torch.ops.refimpl.*) and modules; importing them registers the ops.
+# They import numba lazily, so `import refimpl.ops` stays light.
+from .modules import LevelMapper, MultiScaleRoIAlign, RoIAlign, RoIPool, RoIWarp  # noqa: E402
+from .torch_ops import (  # noqa: E402
+    batched_nms,
+    box_iou,
+    convert_boxes_to_roi_format,
+    nms,
+    roi_align,
+    roi_pool,
+    roi_warp,
+)
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_FUNCTIONS",
+    "BACKEND_MODULES",
+    "LevelMapper",
+    "MultiScaleRoIAlign",
+    "RoIAlign",
+    "RoIPool",
+    "RoIWarp",
+    "batched_nms",
+    "box_iou",
+    "convert_boxes_to_roi_format",
+    "nms",
+    "roi_align",
+    "roi_pool",
+    "roi_warp",
+]
