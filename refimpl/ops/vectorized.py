@@ -485,3 +485,107 @@ def nms(boxes, scores, iou_threshold):
             # the Python float to float32 instead. NaN (0 / 0) is not > anything: kept.
             order = rest[~(iou.astype(np.float64) > threshold)]
     return np.array(keep, dtype=np.int64)
+
+
+# --- Precise RoI Pooling (IoU-Net, Jiang et al., ECCV 2018, sec. 3.3) ----------------------
+#
+# The integral of the bilinear map over a bin is separable too: with Iy[p, i] the integral
+# of pixel row i's tent over bin row p (and Ix likewise), the bin integrals are Iy X Ix^T,
+# the same shape of computation as avg RoIAlign with A and B, only exact.
+
+
+def _tent_antiderivative(u: np.ndarray) -> np.ndarray:
+    """Vectorized :func:`geometry.tent_antiderivative`, in u's dtype."""
+    one = u.dtype.type(1)
+    left = (u + one) * (u + one) / u.dtype.type(2)
+    right = one - (one - u) * (one - u) / u.dtype.type(2)
+    return np.where(u <= -1, 0, np.where(u <= 0, left, np.where(u <= 1, right, one))).astype(
+        u.dtype
+    )
+
+
+def _prroi_edges(F, start, bin_size, pooled: int) -> np.ndarray:
+    """The pooled + 1 bin edges ``start + p * bin`` on one axis, in F."""
+    return start + np.arange(pooled + 1).astype(F) * bin_size
+
+
+def _tent_integrals(edges: np.ndarray, size: int) -> np.ndarray:
+    """[P, size]: the integral of each pixel's tent over each bin [edges[p], edges[p + 1]]."""
+    pixels = np.arange(size).astype(edges.dtype)
+    antiderivative = _tent_antiderivative(edges[:, None] - pixels[None, :])
+    return antiderivative[1:] - antiderivative[:-1]
+
+
+def _tent_values(edges: np.ndarray, size: int) -> np.ndarray:
+    """[P + 1, size]: each pixel's tent at each bin edge (the map's weights along the edge)."""
+    pixels = np.arange(size).astype(edges.dtype)
+    return np.maximum(edges.dtype.type(1) - np.abs(edges[:, None] - pixels[None, :]), 0)
+
+
+def _prroi_geometry(a: RoIArgs, k: int):
+    F = a.float_type
+    _, x1, y1, x2, y2 = a.rois[k]
+    start_y, start_x, bin_h, bin_w = g.prroi_box(
+        F, x1, y1, x2, y2, F(a.spatial_scale), a.aligned, a.pooled_h, a.pooled_w
+    )
+    return (
+        _prroi_edges(F, start_y, bin_h, a.pooled_h),
+        _prroi_edges(F, start_x, bin_w, a.pooled_w),
+        bin_h * bin_w,
+    )
+
+
+def prroi_pool_forward(x, rois, output_size, spatial_scale=1.0, aligned=False):
+    """PrRoIPool: the exact mean of the bilinearly interpolated map over each bin."""
+    a = check_roi_args(x, rois, output_size, spatial_scale, aligned=aligned)
+    height, width = a.x.shape[2:]
+    y = np.zeros((a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w), a.x.dtype)
+    for k in range(a.rois.shape[0]):
+        ey, ex, area = _prroi_geometry(a, k)
+        if area <= 0:
+            continue
+        iy, ix = _tent_integrals(ey, height), _tent_integrals(ex, width)
+        y[k] = iy @ a.x[a.batch[k]] @ ix.T / area
+    return y
+
+
+def prroi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0, aligned=False):
+    """Gradients to the input (Iy^T G Ix) and to the box (boundary integrals along the bin
+    edges, see :func:`refimpl.ops.python.prroi_pool_backward`): ``(grad_x, grad_rois)``."""
+    a = check_roi_args(
+        x, rois, output_size, spatial_scale, aligned=aligned, grad_output=grad_output
+    )
+    F = a.float_type
+    scale = F(a.spatial_scale)
+    height, width = a.x.shape[2:]
+    grad_x = np.zeros_like(a.x)
+    grad_rois = np.zeros_like(a.rois)
+    fy = np.arange(a.pooled_h + 1).astype(F) / F(a.pooled_h)  # edge p sits at y1 + fy[p] * h
+    fx = np.arange(a.pooled_w + 1).astype(F) / F(a.pooled_w)
+    for k in range(a.rois.shape[0]):
+        ey, ex, area = _prroi_geometry(a, k)
+        if area <= 0:
+            continue
+        b = a.batch[k]
+        plane = a.x[b]
+        g_out = a.grad_output[k] / area  # [C, PH, PW]
+        iy, ix = _tent_integrals(ey, height), _tent_integrals(ex, width)
+        ty, tx = _tent_values(ey, height), _tent_values(ex, width)
+        grad_x[b] += iy.T @ g_out @ ix
+        out = iy @ plane @ ix.T / area  # [C, PH, PW]
+        bin_h, bin_w = ey[1:] - ey[:-1], ex[1:] - ex[:-1]
+        # Integrals of the map along every horizontal edge over each bin column: [C, PH+1, PW]
+        along_y = ty @ plane @ ix.T
+        along_x = iy @ plane @ tx.T  # [C, PH, PW+1]
+        # dLoss/d(edge), the bin below an edge seeing it as its top (-) and above as bottom (+)
+        d_y = np.zeros((a.pooled_h + 1,), a.x.dtype)
+        d_y[:-1] -= np.einsum("cpq,cpq->p", g_out, along_y[:, :-1] - out * bin_w[None, None, :])
+        d_y[1:] += np.einsum("cpq,cpq->p", g_out, along_y[:, 1:] - out * bin_w[None, None, :])
+        d_x = np.zeros((a.pooled_w + 1,), a.x.dtype)
+        d_x[:-1] -= np.einsum("cpq,cpq->q", g_out, along_x[:, :, :-1] - out * bin_h[None, :, None])
+        d_x[1:] += np.einsum("cpq,cpq->q", g_out, along_x[:, :, 1:] - out * bin_h[None, :, None])
+        grad_rois[k, 1] = scale * np.sum(d_x * (1 - fx))
+        grad_rois[k, 3] = scale * np.sum(d_x * fx)
+        grad_rois[k, 2] = scale * np.sum(d_y * (1 - fy))
+        grad_rois[k, 4] = scale * np.sum(d_y * fy)
+    return grad_x, grad_rois
