@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# torch's and numba's OpenMP pools spin while idle and starve each other on 2 cores
+# (a training step: 4 s spinning, 0.2 s passive). Must be set before either loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 
