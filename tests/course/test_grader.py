@@ -1,0 +1,535 @@
+"""The autograder: full marks for the solutions, zero for the untouched exercises, exactly the
+right tests lost for typical bugs, and no crash whatever the notebook holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from refimpl.course import grade as grade_module
+from refimpl.course.grade import grade, grade_notebook, main
+
+from .conftest import EXERCISES, REPO, SOLUTIONS, code_cell, edit, failed, load, write
+
+# --- the solutions and the exercises ---------------------------------------------------------
+
+
+def test_solutions_score_full_marks():
+    results = grade([SOLUTIONS])
+    assert [r.exercise for r in results] == sorted(p.stem for p in SOLUTIONS.glob("*.ipynb"))
+    for r in results:
+        assert r.tests, r.exercise
+        assert not r.notes, r.notes
+        lost = {t.name: t.output for t in r.tests if t.score < t.max_score}
+        assert not lost, (r.exercise, lost)
+
+
+def test_untouched_exercises_score_zero():
+    results = grade([EXERCISES])
+    assert len(results) == len(list(SOLUTIONS.glob("*.ipynb")))
+    for r in results:
+        assert r.tests and r.max_score > 0
+        assert r.score == 0, (r.exercise, [t.name for t in r.tests if t.score])
+        assert not r.notes, r.notes  # the stubs raise only when called: every cell runs
+        for t in r.tests:
+            assert "not implemented yet" in t.output, (t.name, t.output)
+
+
+# --- typical bugs lose exactly the tests that catch them -------------------------------------
+
+# (exercise, the bug, grade_id of the cell, [(solution text, buggy text)], the tests that fail)
+MUTATIONS = [
+    (
+        "02_roi_pool",
+        "Python's round (half to even) instead of C rounding",
+        "roi_pool_forward_argmax",
+        [("(c_round(v * spatial_scale) for v", "(round(v * spatial_scale) for v")],
+        {"test_forward_halfway_coordinates"},
+    ),
+    (
+        "02_roi_pool",
+        "exclusive box end (no +1)",
+        "roi_pool_forward_argmax",
+        [("max(y2 - y1 + 1, 1)", "max(y2 - y1, 1)"), ("max(x2 - x1 + 1, 1)", "max(x2 - x1, 1)")],
+        {
+            "test_forward_known_answer",
+            "test_forward_halfway_coordinates",
+            "test_forward_random",
+            "test_forward_argmax",
+            "test_argmax_ties",
+            "test_forward_off_the_map",
+            "test_forward_float32",
+            "test_backward_known_answer",
+            "test_backward_accumulates",
+            "test_backward_random",
+        },
+    ),
+    (
+        "02_roi_pool",
+        "a[idx] += v, which adds once per repeated index, instead of np.add.at",
+        "roi_pool_backward",
+        [
+            (
+                "np.add.at(flat, (batch[r], c, argmax[r, c, i, j]), grad_output[r, c, i, j])",
+                "flat[batch[r], c, argmax[r, c, i, j]] += grad_output[r, c, i, j]",
+            )
+        ],
+        {
+            "test_backward_accumulates",
+            "test_backward_random",
+            "test_backward_matches_finite_differences",
+        },
+    ),
+    (
+        "02_roi_pool",
+        "the last maximum wins ties",
+        "roi_pool_forward_argmax",
+        [
+            (
+                "best = window.argmax(axis=1)",
+                "best = window.shape[1] - 1 - window[:, ::-1].argmax(axis=1)",
+            )
+        ],
+        {"test_argmax_ties"},
+    ),
+    (
+        "02_roi_pool",
+        "bins not clipped to the map",
+        "bin_ranges",
+        [
+            (
+                "ranges.append((min(max(lo, 0), size), min(max(hi, 0), size)))",
+                "ranges.append((lo, hi))",
+            )
+        ],
+        {
+            "test_bin_ranges",
+            "test_forward_halfway_coordinates",
+            "test_forward_random",
+            "test_forward_argmax",
+            "test_forward_off_the_map",
+            "test_backward_random",
+        },
+    ),
+    (
+        "03_roi_warp",
+        "np.round (half to even) instead of C rounding",
+        "quantize_rois",
+        [("r = r + (a - r >= 0.5)", "r = np.round(a)")],
+        {"test_quantize_rois", "test_forward_halfway"},
+    ),
+    (
+        "03_roi_warp",
+        "avg without division by the sample count",
+        "roi_warp_forward",
+        [("np.sum(samples, axis=0) / (grid_h * grid_w)", "np.sum(samples, axis=0)")],
+        {
+            "test_forward_known_answer",
+            "test_forward_halfway",
+            "test_forward_random_avg",
+            "test_forward_sampling_ratio",
+            "test_forward_outside_samples",
+            "test_forward_small_boxes",
+            "test_forward_float32",
+        },
+    ),
+    (
+        "03_roi_warp",
+        "no clamp to 0 within a pixel before the map (int() truncates -0.5 to 0)",
+        "bilinear_interpolate",
+        [("    y, x = max(y, 0.0), max(x, 0.0)\n", "")],
+        {
+            "test_bilinear_borders",
+            "test_bilinear_random",
+            "test_forward_halfway",
+            "test_forward_random_max",
+            "test_forward_random_avg",
+            "test_forward_sampling_ratio",
+            "test_forward_outside_samples",
+            "test_forward_float32",
+        },
+    ),
+    (
+        "04_roi_align_forward",
+        "no half-pixel offset for aligned=True",
+        "roi_box",
+        [("offset = 0.5 if aligned else 0.0", "offset = 0.0")],
+        {
+            "test_roi_box",
+            "test_forward_known_answer",
+            "test_forward_random_aligned",
+            "test_forward_sampling_ratio",
+            "test_forward_max",
+            "test_forward_max_outside",
+            "test_forward_malformed_boxes",
+            "test_forward_float32",
+        },
+    ),
+    (
+        "04_roi_align_forward",
+        "avg without division by the sample count",
+        "roi_align_forward",
+        [("np.sum(samples, axis=0) / count", "np.sum(samples, axis=0)")],
+        {
+            "test_forward_known_answer",
+            "test_forward_random",
+            "test_forward_random_aligned",
+            "test_forward_sampling_ratio",
+            "test_forward_malformed_boxes",
+            "test_forward_float32",
+        },
+    ),
+    (
+        "04_roi_align_forward",
+        "adaptive grid with floor instead of ceil",
+        "sample_coords",
+        [("np.ceil(roi_size / pooled)", "np.floor(roi_size / pooled)")],
+        {
+            "test_sample_coords_adaptive",
+            "test_forward_random",
+            "test_forward_random_aligned",
+            "test_forward_max",
+            "test_forward_malformed_boxes",
+            "test_forward_float32",
+        },
+    ),
+    (
+        "04_roi_align_forward",
+        "boxes stretched to 1x1 also when aligned",
+        "roi_box",
+        [("    if not aligned:\n", "    if True:\n")],
+        {"test_roi_box", "test_forward_malformed_boxes"},
+    ),
+    (
+        "05_roi_align_backward",
+        "avg backward without division by the sample count",
+        "roi_align_backward",
+        [("g * cw[k] / count", "g * cw[k]")],
+        {
+            "test_backward_known_answer",
+            "test_backward_random",
+            "test_backward_random_aligned",
+            "test_backward_sampling_ratio",
+            "test_backward_accumulates",
+            "test_backward_off_the_map",
+            "test_backward_no_rois_and_float32",
+        },
+    ),
+    (
+        "05_roi_align_backward",
+        "samples beyond one pixel off the map still scatter to the border",
+        "bilinear_corners",
+        [
+            (
+                "    if y < -1.0 or y > height or x < -1.0 or x > width:\n"
+                "        return np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4)\n",
+                "",
+            )
+        ],
+        {
+            "test_bilinear_corners_outside",
+            "test_backward_random",
+            "test_backward_random_aligned",
+            "test_backward_sampling_ratio",
+            "test_backward_max",
+            "test_backward_off_the_map",
+            "test_backward_no_rois_and_float32",
+        },
+    ),
+    (
+        "05_roi_align_backward",
+        "one-sided differences in numerical_gradient",
+        "numerical_gradient",
+        [
+            ("x[idx] = old - eps", "x[idx] = old"),
+            ("(plus - minus) / (2 * eps)", "(plus - minus) / eps"),
+        ],
+        {"test_numerical_gradient_is_central"},
+    ),
+    (
+        "05_roi_align_backward",
+        "numerical_gradient does not put x back",
+        "numerical_gradient",
+        [("        x[idx] = old\n        grad[idx]", "        grad[idx]")],
+        {"test_numerical_gradient_restores_x"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("exercise", "bug", "grade_id", "replacements", "expected"),
+    MUTATIONS,
+    ids=[f"{m[0][:2]}-{m[1][:40]}" for m in MUTATIONS],
+)
+def test_a_typical_bug_loses_exactly_its_tests(
+    tmp_path, solution, exercise, bug, grade_id, replacements, expected
+):
+    nb = solution(exercise)
+    edit(nb, grade_id, replacements)
+    result = grade_notebook(write(nb, tmp_path, exercise))
+    assert not result.notes, result.notes
+    assert failed(result) == expected, bug
+    for t in result.tests:  # every failure explains itself
+        if t.name in expected:
+            assert t.output and t.status in ("failed", "error"), t
+
+
+# --- robustness: whatever the notebook holds, the grader reports and goes on -----------------
+
+
+def test_a_cell_that_raises_does_not_stop_the_others(tmp_path, solution):
+    nb = solution("02_roi_pool")
+    nb["cells"].insert(2, code_cell("raise RuntimeError('boom')"))
+    nb["cells"].insert(5, code_cell("undefined_name + 1"))
+    nb["cells"].append(code_cell("1 / 0"))
+    result = grade_notebook(write(nb, tmp_path, "02_roi_pool"))
+    assert result.score == result.max_score
+    notes = "\n".join(result.notes)
+    assert "RuntimeError: boom" in notes and "NameError" in notes
+    assert "ZeroDivisionError" in notes
+
+
+def test_a_missing_function_fails_only_its_tests(tmp_path, solution):
+    nb = solution("02_roi_pool")
+    nb["cells"].remove(
+        next(c for c in nb["cells"] if "def roi_pool_backward" in "".join(c["source"]))
+    )
+    result = grade_notebook(write(nb, tmp_path, "02_roi_pool"))
+    backward = {t.name for t in result.tests if "backward" in t.name}
+    assert failed(result) == backward | {"test_inputs_unchanged"}
+    for t in result.tests:
+        if t.name in backward:
+            assert "does not define `roi_pool_backward`" in t.output
+
+
+def test_wrong_shapes_dtypes_and_values_are_explained(tmp_path, solution):
+    nb = solution("04_roi_align_forward")
+    wrong = (
+        "    if y.shape[1] == 3:\n"
+        "        return y[:, :1]  # a channel lost\n"
+        "    if y.shape[1] == 2:\n"
+        "        return y.astype(np.float32)  # a dtype lost\n"
+        "    y[0, 0, 0, 0] += 1  # one value off\n"
+        "    return y\n"
+    )
+    edit(nb, "roi_align_forward", [("    return y\n", wrong)])
+    result = grade_notebook(write(nb, tmp_path, "04_roi_align_forward"))
+    out = {t.name: t.output for t in result.tests}
+    assert "expected shape (6, 3, 3, 2), got (6, 1, 3, 2)" in out["test_forward_random"]
+    assert "expected dtype float64, got float32" in out["test_forward_sampling_ratio"]
+    known = out["test_forward_known_answer"]
+    assert "1 of 4 values differ" in known and "the first at index (0, 0, 0, 0)" in known
+    assert "expected 2.5, got 3.5" in known, known
+
+
+def test_an_infinite_loop_costs_only_its_tests(tmp_path, solution):
+    nb = solution("02_roi_pool")
+    edit(
+        nb,
+        "roi_pool_backward",
+        [("### BEGIN SOLUTION\n", "### BEGIN SOLUTION\n    while True:\n        pass\n")],
+    )
+    # a cell that never ends, even swallowing exceptions: interrupted and reported
+    nb["cells"].insert(
+        3,
+        code_cell(
+            "import time\n"
+            "while True:\n"
+            "    try:\n"
+            "        time.sleep(0.01)\n"
+            "    except Exception:\n"
+            "        pass"
+        ),
+    )
+    result = grade_notebook(write(nb, tmp_path, "02_roi_pool"), timeout=1.0)
+    backward = {t.name for t in result.tests if "backward" in t.name}
+    assert failed(result) == backward | {"test_inputs_unchanged"}
+    assert all(t.status == "timeout" for t in result.tests if t.name in backward)
+    assert any("ran past 1 s" in n for n in result.notes), result.notes
+
+
+def test_a_notebook_that_never_ends_is_stopped(tmp_path, solution, monkeypatch):
+    """A cell that swallows even the time limit: the worker and its process group are killed
+    at the notebook's budget, the tests score 0 with the reason."""
+    monkeypatch.setattr(grade_module, "WORKER_SLACK_S", 3.0)
+    nb = solution("02_roi_pool")
+    nb["cells"].insert(
+        3,
+        code_cell(
+            "import time\n"
+            "while True:\n"
+            "    try:\n"
+            "        time.sleep(1)\n"
+            "    except BaseException:\n"
+            "        pass"
+        ),
+    )
+    start = time.monotonic()
+    result = grade_notebook(write(nb, tmp_path, "02_roi_pool"), timeout=0.3)
+    assert time.monotonic() - start < 30
+    assert result.score == 0 and result.tests
+    assert "grading stopped after" in result.notes[-1]
+    assert all("grading stopped after" in t.output for t in result.tests)
+
+
+def test_a_crash_and_an_exit_cost_only_their_tests(tmp_path, solution):
+    nb = solution("02_roi_pool")
+    edit(
+        nb,
+        "roi_pool_backward",
+        [("### BEGIN SOLUTION\n", "### BEGIN SOLUTION\n    import os\n\n    os._exit(3)\n")],
+    )
+    nb["cells"].insert(3, code_cell("import sys\nsys.exit(1)"))
+    result = grade_notebook(write(nb, tmp_path, "02_roi_pool"))
+    backward = {t.name for t in result.tests if "backward" in t.name}
+    assert failed(result) == backward | {"test_inputs_unchanged"}
+    assert all("crashed" in t.output for t in result.tests if t.name in backward)
+    assert any("SystemExit" in n for n in result.notes), result.notes
+
+
+def test_duplicated_cells_magics_and_a_renamed_notebook(tmp_path, solution):
+    nb = solution("03_roi_warp")
+    nb["cells"] = [c for cell in nb["cells"] for c in (cell, json.loads(json.dumps(cell)))]
+    nb["cells"].insert(0, code_cell("%matplotlib inline\n!ls\nimport numpy as np"))
+    nb["cells"].insert(1, code_cell("%%bash\necho hello"))
+    nb["cells"].insert(2, code_cell("%%time\nfrom numpy import pi as PI_FROM_A_TIMED_CELL"))
+    nb["cells"].insert(3, code_cell("assert PI_FROM_A_TIMED_CELL > 3\ny = (3\n     % 2)\nprint?"))
+    result = grade_notebook(write(nb, tmp_path, "03_roi_warp (1)"))  # renamed, still graded
+    assert result.exercise == "03_roi_warp" and result.score == result.max_score
+    assert result.notes == []
+
+
+def test_damaged_metadata(tmp_path, solution):
+    for name in ("02_roi_pool", "05_roi_align_backward"):
+        nb = solution(name)
+        nb.pop("metadata")
+        for cell in nb["cells"]:
+            cell["metadata"] = {}  # no nbgrader metadata: the check cells run too (and pass)
+        result = grade_notebook(write(nb, tmp_path, name))
+        assert result.score == result.max_score and not result.notes
+    nb = load(EXERCISES / "03_roi_warp.ipynb")
+    for cell in nb["cells"]:
+        cell["metadata"] = {"nbgrader": "garbage"}
+        cell.pop("id")
+    result = grade_notebook(write(nb, tmp_path, "03_roi_warp"))
+    assert result.score == 0 and result.tests
+    assert all("NotImplementedError" in n for n in result.notes)  # the check cells ran
+
+
+def test_unreadable_notebooks_score_zero_and_the_others_are_graded(tmp_path):
+    good = (SOLUTIONS / "02_roi_pool.ipynb").read_text()
+    (tmp_path / "02_roi_pool.ipynb").write_text(good)
+    (tmp_path / "03_roi_warp.ipynb").write_text(
+        (SOLUTIONS / "03_roi_warp.ipynb").read_text()[:5000]
+    )
+    (tmp_path / "04_roi_align_forward.ipynb").write_text('{"nbformat": 4}')
+    (tmp_path / "05_roi_align_backward.ipynb").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "my_notes.ipynb").write_text(good)
+    (tmp_path / "02_roi_pool-Copy1.ipynb").write_text(good)
+    results = {r.path.name: r for r in grade([tmp_path])}
+    assert results["02_roi_pool.ipynb"].score == results["02_roi_pool.ipynb"].max_score == 27
+    for name, why in [
+        ("03_roi_warp.ipynb", "not valid JSON"),
+        ("04_roi_align_forward.ipynb", "not a Jupyter notebook"),
+        ("05_roi_align_backward.ipynb", "not a text file"),
+    ]:
+        r = results[name]
+        assert r.tests and r.score == 0 and why in r.notes[0], (name, r.notes)
+        assert all(why in t.output for t in r.tests)
+    assert "no grading tests" in results["my_notes.ipynb"].notes[0]
+    assert "02_roi_pool.ipynb is graded" in results["02_roi_pool-Copy1.ipynb"].notes[0]
+
+
+def test_functions_imported_from_refimpl_are_refused(tmp_path, solution):
+    nb = solution("02_roi_pool")
+    nb["cells"].append(code_cell("from refimpl.ops.python import roi_pool_backward  # noqa"))
+    result = grade_notebook(write(nb, tmp_path, "02_roi_pool"))
+    lost = [t for t in result.tests if t.score < t.max_score]
+    assert lost and all("imported rather than written" in t.output for t in lost)
+
+
+# --- the command line and results.json -------------------------------------------------------
+
+VISIBILITIES = {"visible", "hidden", "after_due_date", "after_published"}
+
+HIDDEN_TESTS = '''
+from refimpl.course.checks import fail, points
+
+
+@points(3)
+def test_hidden_c_round(sub):
+    """a hidden check of c_round"""
+    if sub.c_round(4.5) != 5:
+        fail("c_round(4.5) should be 5")
+
+
+def test_hidden_always_fails(sub):
+    """a hidden test that fails"""
+    fail("secret feedback")
+'''
+
+
+def check_results_schema(data):
+    assert set(data) == {"score", "execution_time", "output", "stdout_visibility", "tests"}
+    assert isinstance(data["score"], float) and isinstance(data["execution_time"], int)
+    assert isinstance(data["output"], str) and data["stdout_visibility"] == "visible"
+    for t in data["tests"]:
+        assert set(t) == {"name", "number", "score", "max_score", "output", "visibility"}
+        assert isinstance(t["name"], str) and isinstance(t["number"], str)
+        assert isinstance(t["score"], float) and isinstance(t["max_score"], float)
+        assert isinstance(t["output"], str) and t["visibility"] in VISIBILITIES
+        assert 0 <= t["score"] <= t["max_score"]
+    assert data["score"] == sum(t["score"] for t in data["tests"])
+
+
+def test_json_results_and_hidden_tests(tmp_path, capsys):
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "test_02_roi_pool.py").write_text(HIDDEN_TESTS)
+    out = tmp_path / "results.json"
+    argv = [str(SOLUTIONS / "02_roi_pool.ipynb"), str(EXERCISES / "03_roi_warp.ipynb")]
+    assert main([*argv, "--json", str(out), "--hidden", str(hidden), "--timeout", "20"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    check_results_schema(data)
+    tests = {t["name"]: t for t in data["tests"]}
+    assert tests["02_roi_pool: a hidden check of c_round"]["visibility"] == "hidden"
+    assert tests["02_roi_pool: a hidden check of c_round"]["score"] == 3.0
+    assert tests["02_roi_pool: a hidden test that fails"]["output"] == "secret feedback"
+    assert tests["02_roi_pool: c_round: halves away from zero, an int"]["number"] == "2.1"
+    assert data["score"] == 27 + 3
+    for text in (printed, data["output"]):  # hidden tests stay out of what learners read
+        assert "secret feedback" not in text and "hidden check" not in text
+        assert "(+ 2 hidden tests, reported in results.json)" in text
+        assert text.rstrip().endswith("score: 27 / 48")
+
+
+def test_command_line(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refimpl.grade",
+            str(EXERCISES / "02_roi_pool.ipynb"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("score: 0 / 27")
+    check_results_schema(json.loads(out.read_text()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "refimpl.grade", str(tmp_path / "missing.ipynb")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr

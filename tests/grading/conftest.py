@@ -1,0 +1,39 @@
+"""Under pytest, the grading tests grade the solution notebooks (which must pass them all).
+
+``python -m refimpl.grade`` does not use this file: it loads each grading module by path and
+hands its tests the learner's namespace, built in a separate process. Here the ``sub``
+fixture is the namespace of ``solutions/<exercise>.ipynb``'s code cells, run in-process once
+per exercise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from refimpl.course.checks import Submission
+from refimpl.course.grade import grading_cells
+from refimpl.course.runner import run_cells
+
+SOLUTIONS = Path(__file__).resolve().parents[2] / "solutions"
+_cache: dict[str, Submission] = {}
+
+
+def load_solution(exercise: str) -> Submission:
+    if exercise not in _cache:
+        nb = json.loads((SOLUTIONS / f"{exercise}.ipynb").read_text())
+        cells, _ = grading_cells(nb)
+        namespace, reports = run_cells(cells, timeout=60)
+        errors = [r["error"] for r in reports if r["error"]]
+        assert not errors, errors
+        _cache[exercise] = Submission(namespace, errors)
+    return _cache[exercise]
+
+
+@pytest.fixture
+def sub(request) -> Submission:
+    """The solution notebook of this module's exercise (test_02_roi_pool.py -> 02_roi_pool)."""
+    exercise = Path(request.module.__file__).stem.removeprefix("test_")
+    return load_solution(exercise)

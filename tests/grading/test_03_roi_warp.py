@@ -1,0 +1,230 @@
+"""Grading tests for exercise 03: RoIWarp (quantize once, then bilinear sampling).
+
+The oracle is refimpl's definition (``BACKENDS["python"]``); single bilinear samples come from
+``refimpl.ops.geometry.bilinear_1d``, the rule every backend shares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refimpl.course.checks import (
+    check_array,
+    check_unchanged,
+    describe,
+    points,
+    random_features,
+    random_rois,
+)
+from refimpl.ops import geometry
+from refimpl.ops.python import roi_warp_forward as ref_forward
+
+
+def ref_bilinear(features, y, x):
+    """torchvision's bilinear interpolation of features [..., H, W] at (y, x), in float64."""
+    F = np.float64
+    height, width = features.shape[-2:]
+    in_y, y0, y1, wy0, wy1 = geometry.bilinear_1d(F, F(y), height)
+    in_x, x0, x1, wx0, wx1 = geometry.bilinear_1d(F, F(x), width)
+    if not (in_y and in_x):
+        return np.zeros(features.shape[:-2])
+    f = features
+    return (
+        wy0 * wx0 * f[..., y0, x0]
+        + wy0 * wx1 * f[..., y0, x1]
+        + wy1 * wx0 * f[..., y1, x0]
+        + wy1 * wx1 * f[..., y1, x1]
+    )
+
+
+def ref_quantize(rois, spatial_scale):
+    F = rois.dtype.type
+    out = rois.copy()
+    for r in range(rois.shape[0]):
+        out[r, 1:] = geometry.warp_box(F, *rois[r, 1:], F(spatial_scale))
+    return out
+
+
+def bilinear_cases(sub, features, points_yx):
+    for y, x in points_yx:
+        got = sub.bilinear_interpolate(features.copy(), y, x)
+        what = f"bilinear_interpolate(features, y={y!r}, x={x!r})"
+        check_array(
+            got,
+            ref_bilinear(features, y, x),
+            what,
+            check_dtype=False,
+            inputs=describe(features=features),
+        )
+
+
+def forward_case(sub, x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, mode="max"):
+    tol = 1e-9 if x.dtype == np.float64 else 1e-5
+    expected = ref_forward(x, rois, output_size, spatial_scale, sampling_ratio, mode)
+    got = sub.roi_warp_forward(
+        x.copy(), rois.copy(), output_size, spatial_scale, sampling_ratio, mode
+    )
+    inputs = describe(
+        x=x,
+        rois=rois,
+        output_size=output_size,
+        spatial_scale=spatial_scale,
+        sampling_ratio=sampling_ratio,
+        pool_mode=mode,
+    )
+    check_array(got, expected, "roi_warp_forward", rtol=tol, atol=tol, inputs=inputs, rois=rois)
+
+
+@points(2)
+def test_quantize_rois(sub):
+    """quantize_rois: corners C-rounded on the feature map, batch index and dtype kept"""
+    rois = np.array(
+        [
+            [0, 8.0, 24.0, 40.0, 56.0],
+            [1, -8.0, -24.0, 7.9, 8.1],
+            [2, 0.3, 31.99, 100.0, 8.0],
+            [0, -40.0, 72.0, 88.0, -56.0],
+        ]
+    )
+    for scale in (1 / 16, 0.5, 1.0):
+        check_array(
+            sub.quantize_rois(rois.copy(), scale),
+            ref_quantize(rois, scale),
+            f"quantize_rois(rois, {scale})",
+            inputs=describe(rois=rois),
+        )
+    rois32 = rois.astype(np.float32)
+    check_array(sub.quantize_rois(rois32, 0.25), ref_quantize(rois32, 0.25), "float32 rois")
+
+
+@points(2)
+def test_bilinear_known_answers(sub):
+    """bilinear_interpolate: pixel values at pixel points, blends between, all channels"""
+    v = np.arange(12.0).reshape(3, 4)
+    bilinear_cases(sub, v, [(1.0, 2.0), (0.5, 0.25), (1.75, 2.5), (0.0, 0.0), (2.0, 3.0)])
+    rng = np.random.default_rng(30)
+    bilinear_cases(sub, rng.normal(size=(3, 5, 6)), [(1.3, 4.2), (3.9, 0.1)])
+
+
+@points(2)
+def test_bilinear_borders(sub):
+    """bilinear_interpolate: the border repeats within one pixel, 0 beyond"""
+    rng = np.random.default_rng(31)
+    v = rng.normal(size=(2, 4, 5))
+    bilinear_cases(
+        sub,
+        v,
+        [(-0.5, 2.2), (1.5, -0.9), (-1.0, -1.0), (3.4, 1.1), (3.99, 4.5), (4.0, 5.0),
+         (-1.01, 2.0), (2.0, 5.2), (4.3, -0.2), (0.7, -3.0)],
+    )  # fmt: skip
+
+
+@points(1)
+def test_bilinear_random(sub):
+    """bilinear_interpolate: random points on and around a random map"""
+    rng = np.random.default_rng(32)
+    v = rng.normal(size=(3, 6, 7))
+    ys = rng.uniform(-1.5, 6.5, 30)
+    xs = rng.uniform(-1.5, 7.5, 30)
+    bilinear_cases(sub, v, list(zip(ys.tolist(), xs.tolist(), strict=True)))
+
+
+@points(2)
+def test_forward_known_answer(sub):
+    """forward: a 4x4 ramp, one box, max and avg, known answers"""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    one = np.array([[0.0, 0, 0, 3, 3]])
+    check_array(sub.roi_warp_forward(x, one, 1, 1.0, 1), [[[[7.5]]]], "max of one sample")
+    check_array(sub.roi_warp_forward(x, one, 1, 1.0, 2, "avg"), [[[[7.5]]]], "avg of 2x2")
+    check_array(sub.roi_warp_forward(x, one, 1, 1.0, 2, "max"), [[[[11.25]]]], "max of 2x2")
+
+
+@points(1)
+def test_forward_halfway(sub):
+    """forward: corners at exact halves are C-rounded before sampling"""
+    rng = np.random.default_rng(33)
+    x = random_features(rng, 1, 2, 6, 7)
+    rois = np.array([[0, 1, 3, 5, 9], [0, -1, -3, 3, 7], [0, 5, 1, 13, 11], [0, 3, 5, 7, 9.0]])
+    forward_case(sub, x, rois, 2, 0.5, 2, "avg")
+
+
+@points(3)
+def test_forward_random_max(sub):
+    """forward: random maps and boxes, max pooling, adaptive sampling, scale 1/4"""
+    rng = np.random.default_rng(34)
+    for _ in range(2):
+        x = random_features(rng, 2, 3, 8, 9)
+        rois = random_rois(rng, 6, 2, 8, 9, 0.25)
+        forward_case(sub, x, rois, (3, 2), 0.25)
+
+
+@points(2)
+def test_forward_random_avg(sub):
+    """forward: random maps and boxes, average pooling, adaptive sampling, scale 1/2"""
+    rng = np.random.default_rng(35)
+    for _ in range(2):
+        x = random_features(rng, 2, 3, 8, 9)
+        rois = random_rois(rng, 6, 2, 8, 9, 0.5)
+        forward_case(sub, x, rois, (2, 3), 0.5, mode="avg")
+
+
+@points(1)
+def test_forward_sampling_ratio(sub):
+    """forward: a fixed sampling_ratio (2 and 3), both modes"""
+    rng = np.random.default_rng(36)
+    x = random_features(rng, 2, 2, 7, 7)
+    rois = random_rois(rng, 5, 2, 7, 7, 0.5)
+    for ratio in (2, 3):
+        for mode in ("max", "avg"):
+            forward_case(sub, x, rois, 2, 0.5, ratio, mode)
+
+
+@points(1)
+def test_forward_outside_samples(sub):
+    """forward max: a sample outside the map counts as 0 (negative maps, boxes off the map)"""
+    rng = np.random.default_rng(37)
+    x = -1.0 - random_features(rng, 1, 2, 5, 5) ** 2  # every value negative
+    rois = np.array([[0, 3.0, 3.0, 9.0, 9.0], [0, -6.0, 1.0, 1.0, 3.0], [0, 7.0, 7.0, 9.0, 8.0]])
+    forward_case(sub, x, rois, 3, 1.0, 2, "max")
+    forward_case(sub, x, rois, 3, 1.0, 2, "avg")
+
+
+@points(1)
+def test_forward_small_boxes(sub):
+    """forward: boxes smaller than a cell, or inverted, become 1x1 cells"""
+    rng = np.random.default_rng(38)
+    x = random_features(rng, 1, 2, 6, 6)
+    rois = np.array([[0, 2.2, 2.2, 2.4, 2.3], [0, 4.0, 3.0, 1.0, 1.0], [0, 3.0, 1.0, 3.0, 5.0]])
+    forward_case(sub, x, rois, 2, 1.0, -1, "avg")
+    forward_case(sub, x, rois, (1, 3), 1.0, -1, "max")
+
+
+@points(1)
+def test_forward_no_rois(sub):
+    """forward: no RoIs gives an empty [0, C, PH, PW] output"""
+    x = random_features(np.random.default_rng(39), 2, 3, 4, 5)
+    forward_case(sub, x, np.zeros((0, 5)), (2, 3))
+
+
+@points(1)
+def test_forward_float32(sub):
+    """forward: float32 in, float32 out"""
+    rng = np.random.default_rng(40)
+    x = random_features(rng, 2, 3, 6, 7, np.float32)
+    rois = random_rois(rng, 4, 2, 6, 7, 0.5).astype(np.float32)
+    forward_case(sub, x, rois, 2, 0.5, -1, "max")
+    forward_case(sub, x, rois, 2, 0.5, 2, "avg")
+
+
+@points(1)
+def test_inputs_unchanged(sub):
+    """quantize_rois and the forward leave their inputs as they were"""
+    rng = np.random.default_rng(41)
+    x = random_features(rng, 2, 2, 6, 6)
+    # boxes inside the map: nothing but the inputs is tested here
+    rois = random_rois(rng, 4, 2, 6, 6, 0.5, spill=0.0, max_size=0.2)
+    x0, rois0 = x.copy(), rois.copy()
+    sub.quantize_rois(rois, 0.5)
+    sub.roi_warp_forward(x, rois, 2, 0.5)
+    check_unchanged(x0, x, "x")
+    check_unchanged(rois0, rois, "rois")
