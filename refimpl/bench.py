@@ -1,0 +1,354 @@
+"""Benchmarks: ``python -m refimpl.bench ops [--repeats N] [--backends numba,numpy] [--quick]``.
+
+``ops`` times every RoI operator of every backend in :data:`refimpl.ops.BACKENDS`, forward
+and backward, on two standard workloads of a Mask R-CNN head at FPN level P2 (stride 4):
+
+* ``box``: x float32 [2, 256, 64, 64] (two 256x256 images), 512 boxes with sides uniform in
+  [8, 128] px inside the image, ``spatial_scale=0.25``, output 7x7, ``sampling_ratio=2``,
+  ``aligned=True`` (the box head);
+* ``mask``: the same with output 14x14 (the mask head).
+
+Each time is the median of ``--repeats`` runs after one warm-up run (which also compiles the
+numba kernels). The runs of the backends (and torchvision) are interleaved, one call of
+each in turn, so that a machine shared with other work loads them alike. When torchvision
+imports, its CPU ops are timed in the same process and the table shows the speed-up
+``torchvision time / backend time`` for roi_align (avg) and roi_pool; torchvision has no
+RoIAlign-max, RoIWarp or PrRoIPool. Backwards are timed as the backward kernel alone; for
+roi_pool both torchvision's and ours (where the backend offers it, as numba does) scatter
+through the argmax saved by the forward, which is what their torch ops run. Thread counts
+are left at their defaults unless ``--threads`` sets both.
+
+The ``"python"`` backend (plain loops) is far too slow for these workloads: it runs only with
+``--quick``, which uses a tiny workload instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from refimpl.ops import BACKENDS
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    batch: int
+    channels: int
+    image_size: int  # square images, in pixels
+    stride: int
+    n_boxes: int
+    min_side: float
+    max_side: float
+    output_size: int
+    sampling_ratio: int = 2
+    aligned: bool = True
+
+    @property
+    def spatial_scale(self) -> float:
+        return 1.0 / self.stride
+
+    def make(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``x [N, C, H, W]``, ``rois [K, 5]`` and a ``grad_output [K, C, P, P]``, float32."""
+        rng = np.random.default_rng(seed)
+        size = self.image_size // self.stride
+        x = rng.standard_normal((self.batch, self.channels, size, size), dtype=np.float32)
+        wh = rng.uniform(self.min_side, self.max_side, (self.n_boxes, 2))
+        xy = rng.uniform(0.0, 1.0, (self.n_boxes, 2)) * (self.image_size - wh)
+        index = rng.integers(0, self.batch, self.n_boxes)
+        rois = np.column_stack([index, xy, xy + wh]).astype(np.float32)
+        p = self.output_size
+        grad = rng.standard_normal((self.n_boxes, self.channels, p, p), dtype=np.float32)
+        return x, rois, grad
+
+
+WORKLOADS = (
+    Workload("box", 2, 256, 256, 4, 512, 8.0, 128.0, 7),
+    Workload("mask", 2, 256, 256, 4, 512, 8.0, 128.0, 14),
+)
+QUICK_WORKLOADS = (Workload("tiny", 1, 8, 64, 4, 16, 4.0, 32.0, 7),)
+
+# (name in the table, backend function stem, extra keyword arguments)
+OPS = (
+    ("roi_align", "roi_align", {"pool_mode": "avg"}),
+    ("roi_align_max", "roi_align", {"pool_mode": "max"}),
+    ("roi_pool", "roi_pool", {}),
+    ("roi_warp", "roi_warp", {"pool_mode": "max"}),
+    ("prroi_pool", "prroi_pool", {}),
+)
+
+
+def _op_args(op: str, w: Workload) -> dict:
+    """The keyword arguments of ``op`` (its function stem) for workload ``w``."""
+    kwargs = {"output_size": w.output_size, "spatial_scale": w.spatial_scale}
+    if op in ("roi_align", "roi_warp"):
+        kwargs["sampling_ratio"] = w.sampling_ratio
+    if op in ("roi_align", "prroi_pool"):
+        kwargs["aligned"] = w.aligned
+    return kwargs
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list]:
+    """Milliseconds of ``repeats`` rounds, each round calling every candidate once in turn,
+    so that all of them see the same machine (other processes come and go); the callers
+    warm them up first."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _torchvision_calls(stem: str, extra: dict, w: Workload, data) -> dict | None:
+    """torchvision's CPU forward and backward for ``stem``, or None where it has none."""
+    try:
+        import torch
+        import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+    except ImportError:
+        return None
+    x, rois, grad = (torch.from_numpy(a) for a in data)
+    n, c, h, wd = x.shape
+    p, scale = w.output_size, w.spatial_scale
+    ops = torch.ops.torchvision
+    if stem == "roi_align" and extra.get("pool_mode") == "avg":
+        sr, aligned = w.sampling_ratio, w.aligned
+        return {
+            "forward": lambda: ops.roi_align(x, rois, scale, p, p, sr, aligned),
+            "backward": lambda: ops._roi_align_backward(
+                grad, rois, scale, p, p, n, c, h, wd, sr, aligned
+            ),
+        }
+    if stem == "roi_pool":
+        _, argmax = ops.roi_pool(x, rois, scale, p, p)
+        return {
+            "forward": lambda: ops.roi_pool(x, rois, scale, p, p),
+            "backward": lambda: ops._roi_pool_backward(
+                grad, rois, argmax, scale, p, p, n, c, h, wd
+            ),
+        }
+    return None
+
+
+def _backend_calls(module, stem: str, data, kwargs: dict) -> dict:
+    """The backend's forward and backward of ``stem`` on ``data``, as argument-less calls."""
+    x, rois, grad = data
+    forward, backward = getattr(module, f"{stem}_forward"), getattr(module, f"{stem}_backward")
+    if stem == "roi_pool" and hasattr(module, "roi_pool_backward_from_argmax"):
+        # What the torch op runs (and torchvision's backward): a scatter through the argmax
+        # saved by the forward, instead of the stateless interface's recomputation.
+        _, argmax = module.roi_pool_forward_with_argmax(x, rois, **kwargs)
+        return {
+            "forward": lambda: forward(x, rois, **kwargs),
+            "backward": lambda: module.roi_pool_backward_from_argmax(
+                x, rois, grad, argmax, **kwargs
+            ),
+        }
+    return {
+        "forward": lambda: forward(x, rois, **kwargs),
+        "backward": lambda: backward(x, rois, grad, **kwargs),
+    }
+
+
+@dataclass
+class Row:
+    workload: str
+    op: str
+    backend: str
+    direction: str  # "forward" | "backward"
+    median_ms: float | None
+    runs_ms: list[float]
+    torchvision_ms: float | None = None
+    speedup: float | None = None  # torchvision_ms / median_ms
+    note: str = ""
+
+
+def _load_backends(names: list[str]) -> tuple[dict, list[str]]:
+    loaded, notes = {}, []
+    for name in names:
+        try:
+            loaded[name] = BACKENDS[name]
+        except Exception as e:  # a missing module, no GPU, no numba-cuda...
+            notes.append(f"backend {name!r} skipped: {type(e).__name__}: {e}")
+    return loaded, notes
+
+
+def bench_ops(backends: list[str], workloads, repeats: int, log=print) -> tuple[list[Row], list]:
+    """Time every op x backend x direction on every workload (and torchvision's, if any).
+
+    A backend whose very first call fails (no GPU, say) is dropped with a note; a later
+    failure is recorded in its row.
+    """
+    modules, notes = _load_backends(backends)
+    for note in notes:
+        log(note)
+    rows: list[Row] = []
+    tried: set[str] = set()
+    for w in workloads:
+        data = w.make()
+        for name, stem, extra in OPS:
+            kwargs = {**_op_args(stem, w), **extra}
+            torchvision = _torchvision_calls(stem, extra, w, data) or {}
+            for direction in ("forward", "backward"):
+                calls = {}
+                if direction in torchvision:
+                    calls["torchvision"] = torchvision[direction]
+                for backend, module in list(modules.items()):
+                    call = _backend_calls(module, stem, data, kwargs)[direction]
+                    try:
+                        call()  # the warm-up, which also compiles numba's kernels
+                    except Exception as e:
+                        if backend not in tried:
+                            del modules[backend]
+                            notes.append(f"backend {backend!r} skipped: {type(e).__name__}: {e}")
+                            log(notes[-1])
+                        else:
+                            rows.append(
+                                Row(w.name, name, backend, direction, None, [], note=repr(e))
+                            )
+                        continue
+                    finally:
+                        tried.add(backend)
+                    calls[backend] = call
+                if "torchvision" in calls:
+                    calls["torchvision"]()
+                times = time_interleaved(calls, repeats)
+                ref = statistics.median(times["torchvision"]) if "torchvision" in times else None
+                for backend, runs in times.items():
+                    med = statistics.median(runs)
+                    speedup = None if ref is None or backend == "torchvision" else ref / med
+                    rows.append(Row(w.name, name, backend, direction, med, runs, ref, speedup))
+                    log(f"  {w.name:5s} {name:14s} {backend:11s} {direction:8s} {med:10.2f} ms")
+    return rows, notes
+
+
+def _ratio(v: float) -> str:
+    return f"{v:.1f}x" if v >= 1 else f"{v:.2g}x"
+
+
+def format_table(rows: list[Row], header: str) -> str:
+    """A markdown table: one line per workload x op x backend, forward and backward times and
+    speed-ups, and the speed-up of forward + backward (a training step's cost of the op:
+    torchvision's backward needs its forward's argmax anyway)."""
+    lines = [header, ""]
+    lines.append(
+        "| workload | op            | backend     | forward ms |  vs tv | backward ms |  vs tv "
+        "| fwd+bwd vs tv |"
+    )
+    lines.append(
+        "|----------|---------------|-------------|-----------:|-------:|------------:|"
+        "-------:|--------------:|"
+    )
+    keys = dict.fromkeys((r.workload, r.op, r.backend) for r in rows)
+    by_key = {(r.workload, r.op, r.backend, r.direction): r for r in rows}
+    for key in keys:
+        cells, both = [], []
+        for direction in ("forward", "backward"):
+            r = by_key.get((*key, direction))
+            if r is None or r.median_ms is None:
+                cells += ["failed" if r is not None else "-", ""]
+                continue
+            cells += [f"{r.median_ms:.2f}", "" if r.speedup is None else _ratio(r.speedup)]
+            if r.speedup is not None:
+                both.append((r.torchvision_ms, r.median_ms))
+        total = ""
+        if len(both) == 2:
+            total = _ratio(sum(t for t, _ in both) / sum(m for _, m in both))
+        workload, op, backend = key
+        lines.append(
+            f"| {workload:8s} | {op:13s} | {backend:11s} | {cells[0]:>10s} | {cells[1]:>6s} | "
+            f"{cells[2]:>11s} | {cells[3]:>6s} | {total:>13s} |"
+        )
+    if not any(r.backend == "torchvision" for r in rows):
+        # no ratios: keep workload, op, backend, forward ms and backward ms
+        for i in range(2, len(lines)):
+            cells = lines[i].split("|")[1:-1]
+            lines[i] = "|" + "|".join(cells[j] for j in (0, 1, 2, 3, 5)) + "|"
+    for r in rows:
+        if r.median_ms is None:
+            lines.append(f"failed: {r.workload} {r.op} {r.backend} {r.direction}: {r.note[:200]}")
+    return "\n".join(lines)
+
+
+def _header(repeats: int) -> str:
+    import numba
+
+    parts = [f"median of {repeats} interleaved runs after a warm-up, milliseconds"]
+    parts.append(f"numba {numba.__version__}, {numba.get_num_threads()} threads")
+    try:
+        import torch
+        import torchvision
+
+        parts.append(
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"torchvision {torchvision.__version__}; 'vs tv' = torchvision time / backend time "
+            "(torchvision's backward: its backward kernel alone)"
+        )
+    except ImportError:
+        parts.append("torchvision not importable: no ratios")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m refimpl.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ops = sub.add_parser("ops", help="time the RoI operators of every backend")
+    ops.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median)")
+    ops.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated backend names (default: all but 'python'; with --quick: all)",
+    )
+    ops.add_argument("--quick", action="store_true", help="a tiny workload, python included")
+    ops.add_argument("--threads", type=int, default=None, help="numba and torch thread count")
+    ops.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.backends:
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    else:
+        backends = [b for b in BACKENDS if args.quick or b != "python"]
+    if args.threads is not None:
+        import numba
+
+        numba.set_num_threads(args.threads)
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
+    workloads = QUICK_WORKLOADS if args.quick else WORKLOADS
+    rows, notes = bench_ops(backends, workloads, args.repeats, log=lambda s: print(s, flush=True))
+    header = _header(args.repeats)
+    print()
+    print(format_table(rows, header))
+    for note in notes:
+        print(note)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "header": header,
+                    "workloads": [asdict(w) for w in workloads],
+                    "notes": notes,
+                    "rows": [asdict(r) for r in rows],
+                },
+                f,
+                indent=1,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
