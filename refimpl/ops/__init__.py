@@ -1,20 +1,22 @@
-"""Stage 1: the RoI operators (RoIPool, RoIWarp, RoIAlign), NMS and box IoU.
+"""Stage 1: the RoI operators (RoIPool, RoIWarp, RoIAlign, PrRoIPool), NMS and box IoU.
 
 ``BACKENDS`` maps a backend name to a module; every backend module has the same functions
 on NumPy arrays (see :mod:`refimpl.ops.python` for the definitions):
 
-======================  ===========================================================
-``roi_align_forward``   ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
-                        aligned=False, pool_mode="avg") -> y``
-``roi_align_backward``  ``(x, rois, grad_output, output_size, ...) -> grad_x``
-``roi_pool_forward``    ``(x, rois, output_size, spatial_scale=1.0) -> y``
-``roi_pool_backward``   ``(x, rois, grad_output, output_size, spatial_scale=1.0) -> grad_x``
-``roi_warp_forward``    ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
-                        pool_mode="max") -> y``
-``roi_warp_backward``   ``(x, rois, grad_output, output_size, ...) -> grad_x``
-``box_iou``             ``(boxes1, boxes2) -> iou``
-``nms``                 ``(boxes, scores, iou_threshold) -> keep`` (int64, by score)
-======================  ===========================================================
+=======================  ===========================================================
+``roi_align_forward``    ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                         aligned=False, pool_mode="avg") -> y``
+``roi_align_backward``   ``(x, rois, grad_output, output_size, ...) -> grad_x``
+``roi_pool_forward``     ``(x, rois, output_size, spatial_scale=1.0) -> y``
+``roi_pool_backward``    ``(x, rois, grad_output, output_size, spatial_scale=1.0) -> grad_x``
+``roi_warp_forward``     ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                         pool_mode="max") -> y``
+``roi_warp_backward``    ``(x, rois, grad_output, output_size, ...) -> grad_x``
+``prroi_pool_forward``   ``(x, rois, output_size, spatial_scale=1.0, aligned=False) -> y``
+``prroi_pool_backward``  ``(x, rois, grad_output, output_size, ...) -> (grad_x, grad_rois)``
+``box_iou``              ``(boxes1, boxes2) -> iou``
+``nms``                  ``(boxes, scores, iou_threshold) -> keep`` (int64, by score)
+=======================  ===========================================================
 
 Backends are imported on first use, so that e.g. the CUDA simulator setting can be chosen
 before numba is imported, and a learner without numba can still use ``"python"``.
@@ -40,6 +42,8 @@ BACKEND_FUNCTIONS = (
     "roi_pool_backward",
     "roi_warp_forward",
     "roi_warp_backward",
+    "prroi_pool_forward",
+    "prroi_pool_backward",
     "box_iou",
     "nms",
 )
@@ -67,6 +71,7 @@ BACKENDS: Mapping[str, ModuleType] = _Backends()
 _TORCH_NAMES = {
     "LevelMapper": "modules",
     "MultiScaleRoIAlign": "modules",
+    "PrRoIPool": "modules",
     "RoIAlign": "modules",
     "RoIPool": "modules",
     "RoIWarp": "modules",
@@ -74,6 +79,7 @@ _TORCH_NAMES = {
     "box_iou": "torch_ops",
     "convert_boxes_to_roi_format": "torch_ops",
     "nms": "torch_ops",
+    "prroi_pool": "torch_ops",
     "roi_align": "torch_ops",
     "roi_pool": "torch_ops",
     "roi_warp": "torch_ops",
@@ -95,6 +101,7 @@ __all__ = [
     "BACKEND_MODULES",
     "LevelMapper",
     "MultiScaleRoIAlign",
+    "PrRoIPool",
     "RoIAlign",
     "RoIPool",
     "RoIWarp",
@@ -102,6 +109,7 @@ __all__ = [
     "box_iou",
     "convert_boxes_to_roi_format",
     "nms",
+    "prroi_pool",
     "roi_align",
     "roi_pool",
     "roi_warp",

@@ -1,4 +1,5 @@
-"""The ``"cuda"`` backend: numba-cuda kernels for RoIAlign, RoIPool, RoIWarp, box IoU and NMS.
+"""The ``"cuda"`` backend: numba-cuda kernels for RoIAlign, RoIPool, RoIWarp, PrRoIPool, box IoU
+and NMS.
 
 Two layers:
 
@@ -21,6 +22,11 @@ any problem and the grid can be capped at a few waves of the GPU):
   box: a few flops, cheaper than a second pass and a buffer.
 * RoI backwards: also one thread per ``grad_output`` element, scattering into ``grad_x``
   with **atomic adds** (see :func:`_roi_align_backward_body` for why not a gather).
+* PrRoIPool (IoU-Net sec. 3.3): the forward as the RoI forwards, each thread summing tent
+  integrals over the pixels under its bin. The backward has one **block per RoI** instead
+  (a block-stride loop over the RoIs): its threads stride over the RoI's ``(c, ph, pw)``,
+  scatter the input gradient with atomic adds, and reduce their contributions to the RoI's
+  four box coordinates in shared memory (see :func:`launch_prroi_pool_backward`).
 * ``box_iou``: one thread per pair ``(i, j)``.
 * ``nms``: torchvision's tiled suppression mask: one block of 64 threads per pair of 64-box
   tiles, each thread one row box against the 64 column boxes held in shared memory, writing
@@ -61,6 +67,11 @@ THREADS_PER_BLOCK = 256
 # the launch. Tests lower it to exercise the stride.
 MAX_BLOCKS = 4096
 NMS_TILE = 64  # boxes per tile = bits per mask word
+# PrRoIPool's backward: at most this many threads per block (one block per RoI, a power of
+# two for the tree reduction); tests lower it to exercise the stride. The shared memory of
+# the reduction is sized, at compile time, for PRROI_MAX_THREADS.
+PRROI_THREADS = 128
+PRROI_MAX_THREADS = 256
 
 # --- device functions: the shared geometry, compiled for the GPU --------------------------
 
@@ -87,6 +98,13 @@ _pool_bin = cuda.jit(device=True)(g.pool_bin)
 _warp_box = cuda.jit(device=True)(_rebind(g.warp_box, c_round=_c_round))
 _box_area = cuda.jit(device=True)(g.box_area)
 _box_intersection = cuda.jit(device=True)(g.box_intersection)
+_tent_antiderivative = cuda.jit(device=True)(g.tent_antiderivative)
+_tent_integral = cuda.jit(device=True)(
+    _rebind(g.tent_integral, tent_antiderivative=_tent_antiderivative)
+)
+_tent = cuda.jit(device=True)(g.tent)
+_tent_support = cuda.jit(device=True)(g.tent_support)
+_prroi_box = cuda.jit(device=True)(g.prroi_box)
 
 
 @cuda.jit(device=True)
@@ -178,6 +196,53 @@ def _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi):
                 best_y = yy
                 best_x = xx
     return best, best_y, best_x
+
+
+@cuda.jit(device=True)
+def _prroi_bin(F, rois, k, spatial_scale, aligned, pooled_h, pooled_w, ph, pw):
+    """Bin ``(ph, pw)`` of RoI ``k`` for PrRoIPool as real intervals: ``y0, y1, x0, x1`` and
+    the bin's area (0 for a zero-size or inverted box), as the python backend computes them."""
+    start_y, start_x, bin_h, bin_w = _prroi_box(
+        F,
+        rois[k, 1],
+        rois[k, 2],
+        rois[k, 3],
+        rois[k, 4],
+        F(spatial_scale),
+        aligned,
+        pooled_h,
+        pooled_w,
+    )
+    y0 = start_y + F(ph) * bin_h
+    y1 = start_y + F(ph + 1) * bin_h
+    x0 = start_x + F(pw) * bin_w
+    x1 = start_x + F(pw + 1) * bin_w
+    return y0, y1, x0, x1, bin_h * bin_w
+
+
+@cuda.jit(device=True)
+def _tent_weight(F, lo, hi, i, point):
+    """Pixel ``i``'s weight along one axis: its tent's integral over ``[lo, hi]`` (a bin), or,
+    for a ``point`` (a bin edge, ``hi == lo``), its tent's value there."""
+    if point:
+        return _tent(F, lo - F(i))
+    return _tent_integral(F, lo, hi, i)
+
+
+@cuda.jit(device=True)
+def _tent_sum(F, x, b, c, y_lo, y_hi, y_point, x_lo, x_hi, x_point, height, width):
+    """``sum_ij x[b, c, i, j] * wy_i * wx_j`` over the pixels whose tents overlap the
+    intervals (or points): the bin's integral of the bilinear map, or its integral along
+    one edge. The python backend's expression and summation order."""
+    i_lo, i_hi = _tent_support(y_lo, y_hi, height)
+    j_lo, j_hi = _tent_support(x_lo, x_hi, width)
+    total = F(0.0)
+    for i in range(i_lo, i_hi):
+        wy = _tent_weight(F, y_lo, y_hi, i, y_point)
+        for j in range(j_lo, j_hi):
+            wx = _tent_weight(F, x_lo, x_hi, j, x_point)
+            total += x[b, c, i, j] * wy * wx
+    return total
 
 
 @cuda.jit(device=True)
@@ -401,7 +466,112 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
                         bits |= np.uint64(1) << np.uint64(j)
             mask[i, col_tile] = bits
 
+    @cuda.jit
+    def prroi_pool_forward(x, rois, out, spatial_scale, aligned):
+        """One thread per output element (k, c, ph, pw): the exact integral of the bilinear
+        map over the bin, a sum of pixel values times tent integrals along y and x (IoU-Net
+        sec. 3.3), divided by the bin's area; a zero-area bin gives 0."""
+        n_images, channels, height, width = x.shape
+        n_rois, _, pooled_h, pooled_w = out.shape
+        total = n_rois * channels * pooled_h * pooled_w
+        for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            b = int(rois[k, 0])
+            y0, y1, x0, x1, area = _prroi_bin(
+                F, rois, k, spatial_scale, aligned, pooled_h, pooled_w, ph, pw
+            )
+            if b < 0 or b >= n_images or not area > F(0.0):
+                out[k, c, ph, pw] = F(0.0)
+                continue
+            integral = _tent_sum(F, x, b, c, y0, y1, False, x0, x1, False, height, width)
+            out[k, c, ph, pw] = integral / area
+
+    @cuda.jit
+    def prroi_pool_backward(x, rois, grad_out, grad_x, grad_rois, spatial_scale, aligned):
+        """One block per RoI (a block-stride loop over RoIs); its threads stride over the
+        RoI's grad_output elements (c, ph, pw).
+
+        Each element scatters ``grad * wy_i * wx_j / area`` into ``grad_x`` with atomic
+        adds (as RoIAlign's backward), and computes its bin's contribution to the box
+        gradient: Leibniz's rule per bin edge (the map's integral along the edge minus the
+        output times the edge's length, over the area; see the python backend), chained to
+        the box corners. Every element of a RoI adds to the same four numbers: atomics there
+        would serialize a whole RoI's threads on four addresses, so the block reduces them
+        in shared memory instead (a tree), and thread 0 adds the sums to ``grad_rois[k]``.
+        The box gradient is thus deterministic; ``grad_x``, as for RoIAlign, is equal up to
+        rounding between runs.
+        """
+        n_images, channels, height, width = x.shape
+        n_rois, _, pooled_h, pooled_w = grad_out.shape
+        per_roi = channels * pooled_h * pooled_w
+        t = cuda.threadIdx.x
+        partial = cuda.shared.array((PRROI_MAX_THREADS, 4), dtype=F)
+        scale = F(spatial_scale)
+        one = F(1.0)
+        for k in range(cuda.blockIdx.x, n_rois, cuda.gridDim.x):
+            b = int(rois[k, 0])
+            n_elements = per_roi if b >= 0 and b < n_images else 0  # guard only
+            d_x1 = F(0.0)  # dLoss / d(box x1), this thread's share; likewise below
+            d_y1 = F(0.0)
+            d_x2 = F(0.0)
+            d_y2 = F(0.0)
+            for e in range(t, n_elements, cuda.blockDim.x):
+                c = e // (pooled_h * pooled_w)
+                ph = (e // pooled_w) % pooled_h
+                pw = e % pooled_w
+                y0, y1, x0, x1, area = _prroi_bin(
+                    F, rois, k, spatial_scale, aligned, pooled_h, pooled_w, ph, pw
+                )
+                if not area > F(0.0):
+                    continue  # a zero-area bin pools to 0 and passes no gradient
+                grad = grad_out[k, c, ph, pw]
+                i_lo, i_hi = _tent_support(y0, y1, height)
+                j_lo, j_hi = _tent_support(x0, x1, width)
+                for i in range(i_lo, i_hi):
+                    wy = _tent_integral(F, y0, y1, i)
+                    for j in range(j_lo, j_hi):
+                        wx = _tent_integral(F, x0, x1, j)
+                        cuda.atomic.add(grad_x, (b, c, i, j), grad * wy * wx / area)
+                out = _tent_sum(F, x, b, c, y0, y1, False, x0, x1, False, height, width) / area
+                along_y0 = _tent_sum(F, x, b, c, y0, y0, True, x0, x1, False, height, width)
+                along_y1 = _tent_sum(F, x, b, c, y1, y1, True, x0, x1, False, height, width)
+                along_x0 = _tent_sum(F, x, b, c, y0, y1, False, x0, x0, True, height, width)
+                along_x1 = _tent_sum(F, x, b, c, y0, y1, False, x1, x1, True, height, width)
+                extent_x = x1 - x0  # the length of the horizontal edges
+                extent_y = y1 - y0
+                e_y0 = grad * -one * (along_y0 - out * extent_x) / area
+                e_y1 = grad * one * (along_y1 - out * extent_x) / area
+                e_x0 = grad * -one * (along_x0 - out * extent_y) / area
+                e_x1 = grad * one * (along_x1 - out * extent_y) / area
+                # edge y0 of bin ph is y1_box + ph / PH * (y2_box - y1_box), times the scale
+                fy0 = F(ph) / F(pooled_h)
+                fy1 = F(ph + 1) / F(pooled_h)
+                fx0 = F(pw) / F(pooled_w)
+                fx1 = F(pw + 1) / F(pooled_w)
+                d_x1 += scale * (e_x0 * (one - fx0) + e_x1 * (one - fx1))
+                d_x2 += scale * (e_x0 * fx0 + e_x1 * fx1)
+                d_y1 += scale * (e_y0 * (one - fy0) + e_y1 * (one - fy1))
+                d_y2 += scale * (e_y0 * fy0 + e_y1 * fy1)
+            partial[t, 0] = d_x1
+            partial[t, 1] = d_y1
+            partial[t, 2] = d_x2
+            partial[t, 3] = d_y2
+            cuda.syncthreads()
+            stride = cuda.blockDim.x // 2  # blockDim.x is a power of two
+            while stride > 0:
+                if t < stride:
+                    for d in range(4):
+                        partial[t, d] += partial[t + stride, d]
+                cuda.syncthreads()
+                stride //= 2
+            if t == 0:
+                for d in range(4):
+                    grad_rois[k, d + 1] += partial[0, d]
+            cuda.syncthreads()  # partial is reused by the next RoI
+
     return SimpleNamespace(
+        prroi_pool_forward=prroi_pool_forward,
+        prroi_pool_backward=prroi_pool_backward,
         roi_align_forward=roi_align_forward,
         roi_align_backward=roi_align_backward,
         roi_pool_forward=roi_pool_forward,
@@ -646,6 +816,69 @@ def launch_roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream=0)
     return grad_x
 
 
+def launch_prroi_pool_forward(x, rois, out, spatial_scale, aligned, stream=0):
+    """Launch PrRoIPool's forward (IoU-Net, Jiang et al. 2018, sec. 3.3); returns ``out``.
+
+    Shapes, dtypes, ``stream`` and the caller's validation as
+    :func:`launch_roi_align_forward`; ``aligned`` shifts the box by half a pixel. Every
+    element of ``out`` is written (a zero-area bin writes 0).
+    """
+    x, rois, out = _roi_arrays(x, rois, out, "out")
+    _check_contiguous("out", out)
+    scale = check_spatial_scale(spatial_scale)
+    n = math.prod(out.shape)
+    if n == 0:
+        return out
+    blocks, threads = _launch_size(n)
+    _kernels(x.dtype).prroi_pool_forward[blocks, threads, stream](
+        x, rois, out, np.float64(scale), bool(aligned)
+    )
+    return out
+
+
+def _prroi_block_size(per_roi: int) -> int:
+    """Threads per block of PrRoIPool's backward: a power of two from one warp up to
+    ``PRROI_THREADS``, no larger than needed for the RoI's ``C * PH * PW`` elements."""
+    limit = min(PRROI_THREADS, PRROI_MAX_THREADS)
+    threads = 32
+    while threads < min(per_roi, limit):
+        threads *= 2
+    return threads
+
+
+def launch_prroi_pool_backward(
+    x, rois, grad_out, grad_x, grad_rois, spatial_scale, aligned, stream=0
+):
+    """Launch PrRoIPool's backward, to the input and to the boxes; returns
+    ``(grad_x, grad_rois)``.
+
+    Arguments as :func:`launch_roi_align_backward`, plus ``grad_rois`` [K, 5] of rois'
+    dtype, C-contiguous. ``x`` is read (the box gradient integrates the map along the bin
+    edges). Both ``grad_x`` and ``grad_rois[:, 1:]`` are **accumulated into**: pass them
+    zeroed; ``grad_rois[:, 0]`` (the batch index) is not written. One block per RoI, at
+    most :data:`MAX_BLOCKS` blocks (a block-stride loop over the RoIs).
+    """
+    x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out")
+    grad_x = _device(grad_x, "grad_x")
+    _check_shape("grad_x", grad_x, x.shape)
+    _check_dtype("grad_x", grad_x, x.dtype)
+    _check_contiguous("grad_x", grad_x)
+    grad_rois = _device(grad_rois, "grad_rois")
+    _check_shape("grad_rois", grad_rois, rois.shape)
+    _check_dtype("grad_rois", grad_rois, x.dtype)
+    _check_contiguous("grad_rois", grad_rois)
+    scale = check_spatial_scale(spatial_scale)
+    if math.prod(grad_out.shape) == 0:
+        return grad_x, grad_rois
+    n_rois, channels, pooled_h, pooled_w = grad_out.shape
+    blocks = min(MAX_BLOCKS, n_rois)
+    threads = _prroi_block_size(channels * pooled_h * pooled_w)
+    _kernels(x.dtype).prroi_pool_backward[blocks, threads, stream](
+        x, rois, grad_out, grad_x, grad_rois, np.float64(scale), bool(aligned)
+    )
+    return grad_x, grad_rois
+
+
 def launch_box_iou(boxes1, boxes2, iou, stream=0):
     """Launch the pairwise IoU: ``boxes1`` [N, 4], ``boxes2`` [M, 4] (x1, y1, x2, y2) and
     ``iou`` [N, M] (C-contiguous, overwritten) device arrays of one float dtype; returns
@@ -868,6 +1101,44 @@ def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):
     return grad_x.copy_to_host()
 
 
+def prroi_pool_forward(x, rois, output_size, spatial_scale=1.0, aligned=False):
+    """PrRoIPool: the exact integral of the bilinearly interpolated map over each bin,
+    divided by the bin's area (a zero-area bin gives 0). No quantization, no sampling."""
+    a = check_roi_args(x, rois, output_size, spatial_scale, aligned=aligned)
+    _require_device()
+    shape = (a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w)
+    if math.prod(shape) == 0:
+        return np.zeros(shape, a.x.dtype)
+    out = cuda.device_array(shape, a.x.dtype)
+    launch_prroi_pool_forward(
+        cuda.to_device(a.x), cuda.to_device(a.rois), out, a.spatial_scale, a.aligned
+    )
+    return out.copy_to_host()
+
+
+def prroi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0, aligned=False):
+    """Gradients of PrRoIPool to the input and to the boxes: ``(grad_x, grad_rois)``, with
+    ``grad_rois[:, 0]`` (the batch index) 0 (see :func:`refimpl.ops.python.prroi_pool_backward`)."""
+    a = check_roi_args(
+        x, rois, output_size, spatial_scale, aligned=aligned, grad_output=grad_output
+    )
+    _require_device()
+    if a.grad_output.size == 0:
+        return np.zeros_like(a.x), np.zeros_like(a.rois)
+    grad_x = cuda.to_device(np.zeros_like(a.x))
+    grad_rois = cuda.to_device(np.zeros_like(a.rois))
+    launch_prroi_pool_backward(
+        cuda.to_device(a.x),
+        cuda.to_device(a.rois),
+        cuda.to_device(a.grad_output),
+        grad_x,
+        grad_rois,
+        a.spatial_scale,
+        a.aligned,
+    )
+    return grad_x.copy_to_host(), grad_rois.copy_to_host()
+
+
 def box_iou(boxes1, boxes2):
     """Intersection over union of every pair: [N, M] (0 / 0 = NaN, as torchvision)."""
     boxes1 = check_boxes("boxes1", boxes1)
@@ -897,10 +1168,14 @@ def nms(boxes, scores, iou_threshold):
 __all__ = [
     "MAX_BLOCKS",
     "NMS_TILE",
+    "PRROI_MAX_THREADS",
+    "PRROI_THREADS",
     "THREADS_PER_BLOCK",
     "box_iou",
     "launch_box_iou",
     "launch_nms_mask",
+    "launch_prroi_pool_backward",
+    "launch_prroi_pool_forward",
     "launch_roi_align_backward",
     "launch_roi_align_forward",
     "launch_roi_pool_backward",
@@ -909,6 +1184,8 @@ __all__ = [
     "launch_roi_warp_forward",
     "nms",
     "nms_mask_shape",
+    "prroi_pool_backward",
+    "prroi_pool_forward",
     "reduce_nms_mask",
     "roi_align_backward",
     "roi_align_forward",

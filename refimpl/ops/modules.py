@@ -1,8 +1,9 @@
 """``nn.Module`` wrappers of the RoI operators, with torchvision's constructors.
 
-``RoIAlign``, ``RoIPool`` and ``RoIWarp`` hold an operator's parameters; ``MultiScaleRoIAlign``
-pools each RoI from the feature-pyramid level that suits its size (FPN, Lin et al. 2017,
-eq. 1), as the Mask R-CNN heads do (Mask R-CNN sec. 3, "Network Architecture").
+``RoIAlign``, ``RoIPool``, ``RoIWarp`` and ``PrRoIPool`` hold an operator's parameters;
+``MultiScaleRoIAlign`` pools each RoI from the feature-pyramid level that suits its size (FPN,
+Lin et al. 2017, eq. 1), as the Mask R-CNN heads do (Mask R-CNN sec. 3, "Network
+Architecture").
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .torch_ops import convert_boxes_to_roi_format, roi_align, roi_pool, roi_warp
+from .torch_ops import convert_boxes_to_roi_format, prroi_pool, roi_align, roi_pool, roi_warp
 
 __all__ = [
     "LevelMapper",
     "MultiScaleRoIAlign",
+    "PrRoIPool",
     "RoIAlign",
     "RoIPool",
     "RoIWarp",
@@ -108,6 +110,28 @@ class RoIWarp(nn.Module):
         return (
             f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
             f"sampling_ratio={self.sampling_ratio}, pool_mode={self.pool_mode!r}"
+        )
+
+
+class PrRoIPool(nn.Module):
+    """See :func:`refimpl.ops.torch_ops.prroi_pool` (IoU-Net sec. 3.3); differentiable with
+    respect to the boxes too."""
+
+    def __init__(
+        self, output_size: int | tuple[int, int], spatial_scale: float, aligned: bool = False
+    ):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return prroi_pool(input, rois, self.output_size, self.spatial_scale, self.aligned)
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"aligned={self.aligned}"
         )
 
 

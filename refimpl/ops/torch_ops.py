@@ -7,7 +7,9 @@ Each operator is a ``torch.library.custom_op`` in the ``refimpl`` namespace, so 
 ``refimpl::roi_align``          RoIAlign (Mask R-CNN sec. 3), plus our ``pool_mode`` "max"
 ``refimpl::roi_pool``           RoIPool (Fast R-CNN sec. 2.1)
 ``refimpl::roi_warp``           RoIWarp as the Mask R-CNN ablation uses it (Table 2c)
-``refimpl::*_backward``         their input gradients, operators too so that they trace
+``refimpl::prroi_pool``         Precise RoI Pooling (IoU-Net, Jiang et al. 2018, sec. 3.3)
+``refimpl::*_backward``         their gradients, operators too so that they trace (input
+                                only, except PrRoIPool's: input and boxes)
 ``refimpl::nms``                greedy non-maximum suppression (int64 indices, by score)
 ``refimpl::box_iou``            IoU of every pair of boxes
 ==============================  ==============================================================
@@ -45,6 +47,7 @@ __all__ = [
     "box_iou",
     "convert_boxes_to_roi_format",
     "nms",
+    "prroi_pool",
     "roi_align",
     "roi_pool",
     "roi_warp",
@@ -221,6 +224,25 @@ def _cpu_roi_backward(
     return torch.from_numpy(grad_x).to(grad.dtype)
 
 
+def _cpu_prroi_backward(
+    grad: Tensor, input: Tensor, rois: Tensor, output_size: tuple[int, int], *params
+) -> tuple[Tensor, Tensor]:
+    """PrRoIPool's two gradients on the CPU: ``(grad_input, grad_rois)``, in grad's and rois'
+    dtypes (16-bit: computed in float32)."""
+    _check_float_tensor("grad", grad, ndim=4)
+    _check_roi_op(input, rois)
+    _check_same_device("grad", grad, input=input, rois=rois)
+    dtype = _compute_dtype(grad.dtype)
+    grad_x, grad_rois = _cpu_backend().prroi_pool_backward(
+        _to_numpy(input, dtype),
+        _to_numpy(rois, dtype),
+        _to_numpy(grad, dtype),
+        output_size,
+        *params,
+    )
+    return torch.from_numpy(grad_x).to(grad.dtype), torch.from_numpy(grad_rois).to(rois.dtype)
+
+
 # --- CUDA: the numba-cuda kernels on torch's memory and stream -------------------------------
 #
 # numba.cuda is imported only on this path, so that importing this module (and running on a
@@ -317,6 +339,33 @@ def _cuda_roi_backward(
             args = (as_array(x), as_array(r), as_array(g), as_array(grad_x), spatial_scale)
             _cuda_launch(fn, *args, *params, stream=stream)
     return grad_x.to(grad.dtype)
+
+
+def _cuda_prroi_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, int],
+    spatial_scale,
+    aligned: bool,
+) -> tuple[Tensor, Tensor]:
+    """PrRoIPool's two gradients on CUDA: ``(grad_input, grad_rois)`` (dtypes as the CPU's)."""
+    _check_float_tensor("grad", grad, ndim=4)
+    _check_roi_op(input, rois)
+    _check_same_device("grad", grad, input=input, rois=rois)
+    dtype = _compute_dtype(grad.dtype)
+    _cuda_validate_rois(input.shape, rois, dtype, spatial_scale)
+    g = grad.detach().to(dtype).contiguous()
+    r = rois.detach().to(dtype).contiguous()
+    # Both accumulated into (atomic adds, per-RoI sums): they must start at zero.
+    grad_x = torch.zeros(tuple(input.shape), dtype=dtype, device=grad.device)
+    grad_rois = torch.zeros(tuple(r.shape), dtype=dtype, device=grad.device)
+    if g.numel() > 0:
+        x = input.detach().to(dtype).contiguous()
+        with _numba_cuda(grad.device) as (as_array, stream):
+            args = (as_array(x), as_array(r), as_array(g), as_array(grad_x), as_array(grad_rois))
+            _cuda_launch("prroi_pool_backward", *args, spatial_scale, aligned, stream=stream)
+    return grad_x.to(grad.dtype), grad_rois.to(rois.dtype)
 
 
 def _cuda_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -751,6 +800,90 @@ def _roi_pool_backward(ctx, grad):
 _roi_pool_op.register_autograd(_roi_pool_backward, setup_context=_roi_pool_setup_context)
 
 
+# --- refimpl::prroi_pool ----------------------------------------------------------------------
+
+
+@torch.library.custom_op("refimpl::prroi_pool", mutates_args=(), device_types="cpu")
+def _prroi_pool_op(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    aligned: bool,
+) -> Tensor:
+    """PrRoIPool forward (IoU-Net sec. 3.3): the exact mean of the bilinear map over each bin."""
+    return _cpu_roi_forward(
+        "prroi_pool_forward", input, rois, (pooled_height, pooled_width), spatial_scale, aligned
+    )
+
+
+@_prroi_pool_op.register_kernel("cuda")
+def _(input, rois, spatial_scale, pooled_height, pooled_width, aligned):
+    return _cuda_roi_forward(
+        "prroi_pool_forward", input, rois, (pooled_height, pooled_width), spatial_scale, aligned
+    )
+
+
+@_prroi_pool_op.register_fake
+def _(input, rois, spatial_scale, pooled_height, pooled_width, aligned):
+    return _fake_roi_forward(input, rois, pooled_height, pooled_width)
+
+
+@torch.library.custom_op("refimpl::prroi_pool_backward", mutates_args=(), device_types="cpu")
+def _prroi_pool_backward_op(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    aligned: bool,
+) -> tuple[Tensor, Tensor]:
+    """PrRoIPool's gradients ``(grad_input, grad_rois)``: the tent integrals scattered to the
+    input, and Leibniz's rule along the bin edges for the boxes (``grad_rois[:, 0]`` is 0)."""
+    return _cpu_prroi_backward(
+        grad, input, rois, (pooled_height, pooled_width), spatial_scale, aligned
+    )
+
+
+@_prroi_pool_backward_op.register_kernel("cuda")
+def _(grad, input, rois, spatial_scale, pooled_height, pooled_width, aligned):
+    return _cuda_prroi_backward(
+        grad, input, rois, (pooled_height, pooled_width), spatial_scale, aligned
+    )
+
+
+@_prroi_pool_backward_op.register_fake
+def _(grad, input, rois, spatial_scale, pooled_height, pooled_width, aligned):
+    _check_roi_op(input, rois)
+    return grad.new_empty(input.shape), rois.new_empty(rois.shape)
+
+
+def _prroi_pool_setup_context(ctx, inputs, output) -> None:
+    input, rois, spatial_scale, ph, pw, aligned = inputs
+    ctx.params = (spatial_scale, ph, pw, aligned)
+    ctx.save_for_backward(input, rois)  # the box gradient integrates the input
+
+
+def _prroi_pool_backward(ctx, grad):
+    needs_input, needs_rois = ctx.needs_input_grad[:2]
+    if not (needs_input or needs_rois):
+        return (None,) * 6
+    input, rois = ctx.saved_tensors
+    grad_input, grad_rois = torch.ops.refimpl.prroi_pool_backward.default(
+        grad, input, rois, *ctx.params
+    )
+    return (
+        grad_input if needs_input else None,
+        grad_rois if needs_rois else None,
+        *(None,) * 4,
+    )
+
+
+_prroi_pool_op.register_autograd(_prroi_pool_backward, setup_context=_prroi_pool_setup_context)
+
+
 # --- refimpl::nms and refimpl::box_iou ---------------------------------------------------------
 
 
@@ -904,6 +1037,32 @@ def roi_warp(
     ph, pw, scale, sampling_ratio = _roi_params(output_size, spatial_scale, sampling_ratio)
     pool_mode = check_pool_mode(pool_mode)
     return torch.ops.refimpl.roi_warp.default(input, rois, scale, ph, pw, sampling_ratio, pool_mode)
+
+
+def prroi_pool(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    aligned: bool = False,
+) -> Tensor:
+    """Precise RoI Pooling (IoU-Net, Jiang et al. 2018, sec. 3.3): each bin is the exact
+    integral of the bilinearly interpolated feature map over the bin, divided by the bin's
+    area. Each pixel contributes a tent function (zero beyond one pixel), so the integral is
+    a sum of pixel values times closed-form tent integrals: no quantization, no sampling
+    points, and a zero-area bin gives 0.
+
+    ``input``, ``boxes``, ``output_size``, ``spatial_scale`` and ``aligned`` as in
+    :func:`roi_align`. Returns ``[K, C, PH, PW]`` in input's dtype (float16/bfloat16 computed
+    in float32 and cast back). Differentiable with respect to ``input`` **and** ``boxes``
+    (the output moves continuously with the box): a ``Tensor[K, 5]`` gets a ``[K, 5]``
+    gradient whose column 0 (the batch index) is 0; a list of ``Tensor[L, 4]`` gets its
+    ``[L, 4]`` gradients.
+    """
+    rois = _as_rois(boxes, input)
+    ph, pw, scale, _ = _roi_params(output_size, spatial_scale)
+    aligned = _check_bool("aligned", aligned)
+    return torch.ops.refimpl.prroi_pool.default(input, rois, scale, ph, pw, aligned)
 
 
 def _check_threshold(iou_threshold) -> float:

@@ -3,6 +3,8 @@ to the input and to the box."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -85,7 +87,7 @@ def test_roi_align_converges_to_prroi_pool_as_samples_grow():
         np.abs(BACKENDS["numba"].roi_align_forward(x, boxes, 3, 1.0, n, False) - exact).max()
         for n in (1, 2, 4, 8, 16, 32, 64)
     ]
-    assert all(b < a for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert all(b < a for a, b in itertools.pairwise(errors)), errors
     # about second order (a midpoint rule on a piecewise-smooth integrand): 4x per doubling
     # on average, so 6 doublings take the error below 1/1000 of the single-sample one.
     assert errors[-1] < 1e-3 * errors[0], errors
