@@ -15,7 +15,7 @@ imports, its CPU ops are timed in the same process and the table shows the speed
 ``torchvision time / backend time`` for roi_align (avg) and roi_pool; torchvision has no
 RoIAlign-max, RoIWarp or PrRoIPool. Backwards are timed as the backward kernel alone; for
 roi_pool both torchvision's and ours (where the backend offers it, as numba does) scatter
-through the argmax saved by the forward, which is what their torch ops run. Thread counts
+through the argmax saved by the forward (``refimpl::roi_pool`` still recomputes it). Thread counts
 are left at their defaults unless ``--threads`` sets both.
 
 The ``"python"`` backend (plain loops) is far too slow for these workloads: it runs only with
@@ -143,8 +143,8 @@ def _backend_calls(module, stem: str, data, kwargs: dict) -> dict:
     x, rois, grad = data
     forward, backward = getattr(module, f"{stem}_forward"), getattr(module, f"{stem}_backward")
     if stem == "roi_pool" and hasattr(module, "roi_pool_backward_from_argmax"):
-        # What the torch op runs (and torchvision's backward): a scatter through the argmax
-        # saved by the forward, instead of the stateless interface's recomputation.
+        # Like torchvision's backward: a scatter through the argmax saved by the forward,
+        # instead of the stateless interface's recomputation (which costs a second forward).
         _, argmax = module.roi_pool_forward_with_argmax(x, rois, **kwargs)
         return {
             "forward": lambda: forward(x, rois, **kwargs),

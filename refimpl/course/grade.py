@@ -16,6 +16,10 @@ and every test limited to ``--timeout`` seconds; a cell that raises is reported 
 rest still runs; a notebook that cannot be read scores 0 on its tests with the reason, and
 the other notebooks are graded as usual. The exit status is 0 whenever grading ran (whatever the
 score), 2 for a usage error.
+
+A grading module may set ``ENVIRONMENT = {"NAME": "value"}``: variables its worker process
+starts with, e.g. numba's fork-safe ``workqueue`` threading layer (every test runs in a
+forked process) or ``NUMBA_ENABLE_CUDASIM`` (read when numba is first imported).
 """
 
 from __future__ import annotations
@@ -86,23 +90,28 @@ def find_notebooks(path: Path) -> list[Path]:
     return sorted(found)
 
 
+# An exercise's number: digits and an optional letter (``05b_prroi_pool`` is not ``05_...``).
+_NUMBER = re.compile(r"\d+(?:[a-z](?![a-z]))?")
+
+
 def exercise_of(notebook: Path, dirs: list[Path]) -> str | None:
     """``02_roi_pool`` for ``02_roi_pool.ipynb`` (or ``02_roi_pool (1).ipynb``, ``02-copy``...)."""
     stem = notebook.stem
     known = sorted({p.stem[len("test_") :] for d in dirs for p in d.glob("test_*.py")})
     if stem in known:
         return stem
-    number = re.match(r"\d+", stem)
+    number = _NUMBER.match(stem)
     if number:
-        same = [k for k in known if re.match(r"\d+", k) and k.split("_")[0] == number.group()]
+        same = [k for k in known if k.split("_")[0] == number.group()]
         if len(same) == 1:
             return same[0]
     return None
 
 
-def exercise_number(exercise: str) -> int:
-    m = re.match(r"\d+", exercise)
-    return int(m.group()) if m else 0
+def exercise_number(exercise: str) -> str:
+    """The number in test labels: ``2`` for ``02_roi_pool``, ``5b`` for ``05b_prroi_pool``."""
+    m = _NUMBER.match(exercise)
+    return (m.group().lstrip("0") or "0") if m else "0"
 
 
 def read_notebook(path: Path) -> dict[str, Any]:
@@ -172,6 +181,16 @@ def load_tests(path: Path) -> list[GradingTest]:
     return collect_tests(load_module(path))
 
 
+def load_environment(path: Path) -> dict[str, str]:
+    """A grading module's ``ENVIRONMENT = {"NAME": "value"}``: variables its worker needs set
+    before the learner's cells run (e.g. ``NUMBA_ENABLE_CUDASIM``, read when numba is first
+    imported); empty when the module has none."""
+    from .runner import load_module
+
+    env = getattr(load_module(path), "ENVIRONMENT", {})
+    return {str(k): str(v) for k, v in env.items()}
+
+
 # --- grading one notebook ---------------------------------------------------------------------
 
 
@@ -201,8 +220,10 @@ def grade_notebook(
         if (d / f"test_{exercise}.py").is_file()
     ]
     tests: list[GradingTest] = []
+    environment: dict[str, str] = {}
     number = exercise_number(exercise)
     for module, visibility in modules:
+        environment.update(load_environment(module))
         for t in load_tests(module):
             result.tests.append(
                 TestResult(
@@ -240,7 +261,7 @@ def grade_notebook(
             "jobs": jobs,
         }
         job_path.write_text(json.dumps(job))
-        worker_error = _run_worker(job_path, out_path, path.parent, budget)
+        worker_error = _run_worker(job_path, out_path, path.parent, budget, environment)
         if worker_error is None:
             report = json.loads(out_path.read_text())
     if worker_error is not None:
@@ -261,13 +282,20 @@ def grade_notebook(
     return result
 
 
-def _run_worker(job_path: Path, out_path: Path, cwd: Path, budget: float) -> str | None:
+def _run_worker(
+    job_path: Path,
+    out_path: Path,
+    cwd: Path,
+    budget: float,
+    environment: dict[str, str] | None = None,
+) -> str | None:
     """Run the grading worker; None when it wrote its results, else what went wrong.
 
     The worker and the test processes it forks form their own process group, which is
     killed as a whole when the budget runs out (no test process outlives its grading).
     """
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+    env.update(environment or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "refimpl.course.runner", str(job_path), str(out_path)],
