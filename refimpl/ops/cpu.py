@@ -40,7 +40,6 @@ kernels recompile.
 from __future__ import annotations
 
 import contextlib
-import types
 
 import numba
 import numpy as np
@@ -55,31 +54,23 @@ _JIT = {"cache": True, "error_model": "numpy"}
 _PJIT = {**_JIT, "parallel": True}
 
 
-def _compile(fn, **callees):
-    """``njit`` a geometry function; ``callees`` rebind the plain geometry functions it calls
-    (e.g. ``c_round``) to their compiled versions, since a kernel can only call compiled code.
-    """
-    if callees:
-        fn = types.FunctionType(fn.__code__, {**fn.__globals__, **callees}, fn.__name__)
-    return njit(error_model="numpy")(fn)
-
-
 # The shared scalar geometry, compiled (not cached on its own: each kernel's cache holds it).
 # Numba (LLVM) inlines these small functions into the kernels.
-_c_round = _compile(g.c_round)
-_align_box = _compile(g.align_box)
-_sample_coord = _compile(g.sample_coord)
-_bilinear_1d = _compile(g.bilinear_1d)
-_pool_box = _compile(g.pool_box, c_round=_c_round)
-_pool_bin = _compile(g.pool_bin)
-_warp_box = _compile(g.warp_box, c_round=_c_round)
-_box_area = _compile(g.box_area)
-_box_intersection = _compile(g.box_intersection)
-_tent_antiderivative = _compile(g.tent_antiderivative)
-_tent_integral = _compile(g.tent_integral, tent_antiderivative=_tent_antiderivative)
-_tent = _compile(g.tent)
-_tent_support = _compile(g.tent_support)
-_prroi_box = _compile(g.prroi_box)
+_G = g.compile_all(njit(error_model="numpy"))
+_c_round = _G.c_round
+_align_box = _G.align_box
+_sample_coord = _G.sample_coord
+_bilinear_1d = _G.bilinear_1d
+_pool_box = _G.pool_box
+_pool_bin = _G.pool_bin
+_warp_box = _G.warp_box
+_box_area = _G.box_area
+_box_intersection = _G.box_intersection
+_tent_antiderivative = _G.tent_antiderivative
+_tent_integral = _G.tent_integral
+_tent = _G.tent
+_tent_support = _G.tent_support
+_prroi_box = _G.prroi_box
 
 _TILE = 16  # transpose tile: 16 x 16 values stay in L1 even for power-of-two strides
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -76,35 +75,21 @@ PRROI_MAX_THREADS = 256
 # --- device functions: the shared geometry, compiled for the GPU --------------------------
 
 
-def _rebind(func, **names):
-    """A copy of ``func`` whose global ``names`` are replaced (its code unchanged).
-
-    A device function can only call other compiled functions, but geometry's helpers call
-    ``c_round`` by its plain-Python global name; the copies here call its device version.
-    """
-    scope = {**func.__globals__, **names}
-    copy = types.FunctionType(
-        func.__code__, scope, func.__name__, func.__defaults__, func.__closure__
-    )
-    return functools.update_wrapper(copy, func)
-
-
-_c_round = cuda.jit(device=True)(g.c_round)
-_align_box = cuda.jit(device=True)(g.align_box)
-_sample_coord = cuda.jit(device=True)(g.sample_coord)
-_bilinear_1d = cuda.jit(device=True)(g.bilinear_1d)
-_pool_box = cuda.jit(device=True)(_rebind(g.pool_box, c_round=_c_round))
-_pool_bin = cuda.jit(device=True)(g.pool_bin)
-_warp_box = cuda.jit(device=True)(_rebind(g.warp_box, c_round=_c_round))
-_box_area = cuda.jit(device=True)(g.box_area)
-_box_intersection = cuda.jit(device=True)(g.box_intersection)
-_tent_antiderivative = cuda.jit(device=True)(g.tent_antiderivative)
-_tent_integral = cuda.jit(device=True)(
-    _rebind(g.tent_integral, tent_antiderivative=_tent_antiderivative)
-)
-_tent = cuda.jit(device=True)(g.tent)
-_tent_support = cuda.jit(device=True)(g.tent_support)
-_prroi_box = cuda.jit(device=True)(g.prroi_box)
+_G = g.compile_all(cuda.jit(device=True))
+_c_round = _G.c_round
+_align_box = _G.align_box
+_sample_coord = _G.sample_coord
+_bilinear_1d = _G.bilinear_1d
+_pool_box = _G.pool_box
+_pool_bin = _G.pool_bin
+_warp_box = _G.warp_box
+_box_area = _G.box_area
+_box_intersection = _G.box_intersection
+_tent_antiderivative = _G.tent_antiderivative
+_tent_integral = _G.tent_integral
+_tent = _G.tent
+_tent_support = _G.tent_support
+_prroi_box = _G.prroi_box
 
 
 @cuda.jit(device=True)

@@ -16,6 +16,7 @@ section 2.1 "The RoI pooling layer"; the semantics in ``shared/spec/roi-ops.md``
 from __future__ import annotations
 
 import math
+import types
 
 
 def c_round(v) -> int:
@@ -203,3 +204,40 @@ def prroi_box(F, x1, y1, x2, y2, spatial_scale, aligned, pooled_h, pooled_w):
     roi_w = max(x2 * spatial_scale - offset - start_x, F(0.0))
     roi_h = max(y2 * spatial_scale - offset - start_y, F(0.0))
     return start_y, start_x, roi_h / F(pooled_h), roi_w / F(pooled_w)
+
+
+# --- compiling the module for a backend ---------------------------------------------------
+
+# Callees before their callers, so that each function is compiled against compiled callees.
+_COMPILE_ORDER = (
+    "c_round",
+    "align_box",
+    "sample_coord",
+    "bilinear_1d",
+    "pool_box",
+    "pool_bin",
+    "warp_box",
+    "box_area",
+    "box_intersection",
+    "tent_antiderivative",
+    "tent_integral",
+    "tent",
+    "tent_support",
+    "prroi_box",
+)
+
+
+def compile_all(jit) -> types.SimpleNamespace:
+    """Every function above compiled with ``jit`` (``numba.njit(...)`` or
+    ``numba.cuda.jit(device=True)``), as attributes of a namespace.
+
+    A compiled kernel can only call compiled code, but these functions call each other by
+    their plain-Python global names (``pool_box`` calls ``c_round``): each is compiled from a
+    copy of its code whose globals name the compiled versions instead.
+    """
+    compiled: dict = {}
+    for name in _COMPILE_ORDER:
+        fn = globals()[name]
+        copy = types.FunctionType(fn.__code__, {**fn.__globals__, **compiled}, name)
+        compiled[name] = jit(copy)
+    return types.SimpleNamespace(**compiled)
