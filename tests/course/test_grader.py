@@ -41,6 +41,12 @@ def test_untouched_exercises_score_zero():
 
 # --- typical bugs lose exactly the tests that catch them -------------------------------------
 
+# exercise 11's sampler: one randperm of the positives, then one of the negatives
+_DRAW_POS = "        pos = positive[torch.randperm(positive.numel(), generator=generator)"
+_DRAW_POS += "[:num_pos]]\n"
+_DRAW_NEG = "        neg = negative[torch.randperm(negative.numel(), generator=generator)"
+_DRAW_NEG += "[:num_neg]]\n"
+
 # (exercise, the bug, grade_id of the cell, [(solution text, buggy text)], the tests that fail)
 MUTATIONS = [
     (
@@ -257,6 +263,162 @@ MUTATIONS = [
         [("        x[idx] = old\n        grad[idx]", "        grad[idx]")],
         {"test_numerical_gradient_restores_x"},
     ),
+    (
+        "06_numba",
+        "a backward prange over RoIs (two threads add into one pixel)",
+        "roi_align_backward_kernel",
+        [
+            (
+                "    for c in prange(channels):\n        for k in range(n_rois):",
+                "    for c in range(channels):\n        for k in prange(n_rois):",
+            )
+        ],
+        {"test_backward_race_free"},
+    ),
+    (
+        "06_numba",
+        "forward without division by the sample count",
+        "roi_align_forward_kernel",
+        [("out[k, c, i, j] += v / count", "out[k, c, i, j] += v")],
+        {"test_forward_known_answer", "test_forward_random", "test_forward_off_the_map"},
+    ),
+    (
+        "07_cuda",
+        "one output per thread, no grid-stride loop",
+        "roi_align_forward_kernel",
+        [
+            (
+                "    for idx in range(cuda.grid(1), total, cuda.gridsize(1)):\n        k, c",
+                "    for idx in range(cuda.grid(1), min(cuda.grid(1) + 1, total)):\n        k, c",
+            )
+        ],
+        {"test_forward_grid_stride"},
+    ),
+    (
+        "07_cuda",
+        "plain += instead of atomic adds in the backward",
+        "roi_align_backward_kernel",
+        [
+            (
+                f"{' ' * 20}cuda.atomic.add(grad_x, (b, c, {y}, {x}), g * w{y} * w{x})\n",
+                f"{' ' * 20}grad_x[b, c, {y}, {x}] += g * w{y} * w{x}\n",
+            )
+            for y in ("y0", "y1")
+            for x in ("x0", "x1")
+        ],
+        {"test_backward_atomic"},
+    ),
+    (
+        "08_torch_op",
+        "fake kernel with pooled height and width swapped",
+        "forward_fake",
+        [
+            (
+                "(rois.shape[0], input.shape[1], pooled_height, pooled_width)",
+                "(rois.shape[0], input.shape[1], pooled_width, pooled_height)",
+            )
+        ],
+        {"test_fake_kernel", "test_opcheck"},
+    ),
+    (
+        "08_torch_op",
+        "no autograd formula registered",
+        "autograd",
+        [("roi_align.register_autograd(backward, setup_context=setup_context)", "pass")],
+        {"test_autograd", "test_gradcheck", "test_opcheck", "test_torch_compile"},
+    ),
+    (
+        "09_anchors",
+        "anchor-major order (a, y, x) instead of (y, x, a)",
+        "grid_anchors",
+        [("(shifts[:, None, :] + base[None, :, :])", "(shifts[None, :, :] + base[:, None, :])")],
+        {
+            "test_grid_anchors_order",
+            "test_grid_anchors_dtype",
+            "test_anchors_for_image",
+            "test_anchors_for_image_per_level_sizes",
+        },
+    ),
+    (
+        "09_anchors",
+        "base anchors not rounded",
+        "base_anchors",
+        [("/ 2).round()", "/ 2)")],
+        {
+            "test_base_anchors_known",
+            "test_base_anchors_order",
+            "test_base_anchors_rounding",
+            "test_anchors_for_image",
+            "test_anchors_for_image_per_level_sizes",
+        },
+    ),
+    (
+        "10_box_coding_nms",
+        "decode without the clamp on dw, dh",
+        "decode",
+        [
+            ("torch.clamp(deltas[:, 2::4] / ww, max=BBOX_XFORM_CLIP)", "deltas[:, 2::4] / ww"),
+            ("torch.clamp(deltas[:, 3::4] / wh, max=BBOX_XFORM_CLIP)", "deltas[:, 3::4] / wh"),
+        ],
+        {"test_decode_clamps"},
+    ),
+    (
+        "10_box_coding_nms",
+        "nms suppresses at an IoU equal to the threshold",
+        "nms",
+        [("order = rest[~(iou > iou_threshold)]", "order = rest[~(iou >= iou_threshold)]")],
+        {"test_nms_ties_and_edges"},
+    ),
+    (
+        "11_matcher_sampler",
+        "low-quality matches without ties (one argmax per GT)",
+        "match",
+        [
+            (
+                "_, pred = (iou == best_per_gt[:, None]).nonzero(as_tuple=True)",
+                "pred = iou.argmax(dim=1)",
+            )
+        ],
+        {"test_match_low_quality"},
+    ),
+    (
+        "11_matcher_sampler",
+        "negatives drawn before positives (another random draw)",
+        "sample",
+        [
+            (
+                _DRAW_POS + _DRAW_NEG,
+                _DRAW_NEG + _DRAW_POS,
+            )
+        ],
+        {"test_sample_same_draw"},
+    ),
+    (
+        "12_masks",
+        "paste without the ring of zeros",
+        "paste_mask",
+        [
+            (
+                "    scale = (m + 2 * padding) / m\n"
+                "    padded = F.pad(mask[None, None], (padding,) * 4)\n",
+                "    scale = 1.0\n    padded = mask[None, None]\n",
+            )
+        ],
+        {"test_paste_mask", "test_paste_mask_edges"},
+    ),
+    (
+        "12_masks",
+        "mask loss on every class's channel (classes compete)",
+        "mask_loss",
+        [
+            (
+                "F.binary_cross_entropy_with_logits(mask_logits[rois, labels], targets)",
+                "F.binary_cross_entropy_with_logits(\n"
+                "        mask_logits, targets[:, None].expand_as(mask_logits)\n    )",
+            )
+        ],
+        {"test_mask_loss", "test_mask_loss_gradient", "test_losses_match_refimpl"},
+    ),
 ]
 
 
@@ -266,8 +428,11 @@ MUTATIONS = [
     ids=[f"{m[0][:2]}-{m[1][:40]}" for m in MUTATIONS],
 )
 def test_a_typical_bug_loses_exactly_its_tests(
-    tmp_path, solution, exercise, bug, grade_id, replacements, expected
+    tmp_path, monkeypatch, solution, exercise, bug, grade_id, replacements, expected
 ):
+    # One numba thread: a racy kernel then gives right sums, and only the race detector
+    # (not a lucky or unlucky interleaving) decides which tests fail.
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     nb = solution(exercise)
     edit(nb, grade_id, replacements)
     result = grade_notebook(write(nb, tmp_path, exercise))

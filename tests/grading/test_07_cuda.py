@@ -1,0 +1,147 @@
+"""Grading tests for exercise 07: RoIAlign avg as numba-cuda kernels (grid-stride forward,
+atomic backward), run in numba's CUDA simulator.
+
+The worker starts with ``NUMBA_ENABLE_CUDASIM=1`` (``ENVIRONMENT``): numba reads it once, at
+import, so it must be set before the learner's first cell. Under pytest (``tests/grading``
+in a process that imported numba without it) these tests skip; ``tests/course`` grades the
+solution in a worker of its own. The oracle is refimpl's definition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refimpl.course.checks import check_array, describe, fail, points, random_features, random_rois
+from refimpl.ops.python import roi_align_backward as ref_backward
+from refimpl.ops.python import roi_align_forward as ref_forward
+
+ENVIRONMENT = {"NUMBA_ENABLE_CUDASIM": "1", "OMP_NUM_THREADS": "1"}
+SIMULATED = True  # tests/grading/conftest.py: skip in a process without the simulator
+# scripts/test.sh runs the cudasim-marked tests in their own process, under the simulator.
+pytestmark = pytest.mark.cudasim
+
+
+def forward_case(sub, x, rois, out, scale=1.0, ratio=-1, aligned=False, **launch):
+    got = sub.roi_align_forward(x.copy(), rois.copy(), out, scale, ratio, aligned, **launch)
+    inputs = describe(
+        x=x,
+        rois=rois,
+        output_size=out,
+        spatial_scale=scale,
+        sampling_ratio=ratio,
+        aligned=aligned,
+        **launch,
+    )
+    check_array(
+        got,
+        ref_forward(x, rois, out, scale, ratio, aligned),
+        "roi_align_forward",
+        inputs=inputs,
+        rois=rois,
+    )
+
+
+def backward_case(sub, x, rois, grad, out, scale=1.0, ratio=-1, aligned=False, **launch):
+    got = sub.roi_align_backward(
+        x.copy(), rois.copy(), grad.copy(), out, scale, ratio, aligned, **launch
+    )
+    inputs = describe(
+        rois=rois,
+        output_size=out,
+        spatial_scale=scale,
+        sampling_ratio=ratio,
+        aligned=aligned,
+        **launch,
+    )
+    check_array(
+        got, ref_backward(x, rois, grad, out, scale, ratio, aligned), "grad_x", inputs=inputs
+    )
+
+
+@points(2)
+def test_forward_known_answer(sub):
+    """forward: one bin of 2x2 samples on a ramp, known answer"""
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    got = sub.roi_align_forward(x, np.array([[0.0, 0, 0, 2, 2]]), 1, 1.0, 2)
+    check_array(got, np.full((1, 1, 1, 1), 5.0), "roi_align_forward(ramp, box (0, 0, 2, 2), 1)")
+
+
+@points(3)
+def test_forward_random(sub):
+    """forward: random maps and boxes, aligned or not, adaptive or fixed sampling"""
+    rng = np.random.default_rng(70)
+    x = random_features(rng, 2, 2, 6, 7)
+    rois = random_rois(rng, 4, 2, 6, 7, 0.5)
+    for aligned in (False, True):
+        for ratio in (-1, 2):
+            forward_case(sub, x, rois, (2, 3), 0.5, ratio, aligned)
+
+
+@points(2)
+def test_forward_grid_stride(sub):
+    """forward: a grid of 4 threads covers 48 outputs (grid-stride loop)"""
+    rng = np.random.default_rng(71)
+    x = random_features(rng, 1, 3, 5, 5)
+    rois = random_rois(rng, 4, 1, 5, 5)
+    forward_case(sub, x, rois, 2, blocks=1, threads=4)
+    forward_case(sub, x, rois, 2, blocks=3, threads=2)
+
+
+@points(2)
+def test_backward_known_answer(sub):
+    """backward: one bin of 2x2 samples spreads 1, 2, 1 / 2, 4, 2 / 1, 2, 1 sixteenths"""
+    x = np.zeros((1, 1, 4, 4))
+    got = sub.roi_align_backward(x, np.array([[0.0, 0, 0, 2, 2]]), np.ones((1, 1, 1, 1)), 1, 1.0, 2)
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, :3, :3] = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+    check_array(got, expected, "roi_align_backward(zeros, box (0, 0, 2, 2), ones, 1, 1.0, 2)")
+
+
+@points(3)
+def test_backward_random(sub):
+    """backward: random maps, overlapping boxes and gradients, aligned or not"""
+    rng = np.random.default_rng(72)
+    x = random_features(rng, 2, 2, 6, 7)
+    rois = np.concatenate([random_rois(rng, 3, 2, 6, 7, 0.5), [[0, 0.4, 0.7, 9.3, 8.8]] * 2])
+    grad = rng.normal(size=(5, 2, 2, 2))
+    for aligned in (False, True):
+        backward_case(sub, x, rois, grad, 2, 0.5, -1, aligned)
+
+
+@points(1)
+def test_backward_grid_stride(sub):
+    """backward: a grid of 4 threads covers every gradient element"""
+    rng = np.random.default_rng(73)
+    x = random_features(rng, 1, 3, 5, 5)
+    rois = random_rois(rng, 4, 1, 5, 5)
+    backward_case(sub, x, rois, rng.normal(size=(4, 3, 2, 2)), 2, blocks=1, threads=4)
+
+
+@points(1)
+def test_backward_atomic(sub):
+    """backward: grad_x is written with cuda.atomic.add"""
+    x = np.zeros((1, 1, 4, 4))
+    sub.roi_align_backward(x, np.array([[0.0, 0, 0, 2, 2]]), np.ones((1, 1, 1, 1)), 1, 1.0, 2)
+    kernel = sub.roi_align_backward_kernel
+    fn = getattr(kernel, "py_func", None) or getattr(kernel, "fn", None) or kernel
+    names = getattr(getattr(fn, "__code__", None), "co_names", ())
+    if "atomic" not in names:
+        fail(
+            "roi_align_backward_kernel does not use cuda.atomic.add: threads of overlapping "
+            "bins write the same pixels at once, and plain += loses updates on a GPU"
+        )
+
+
+@points(1)
+def test_unravel(sub):
+    """unravel: (k, c, ph, pw) of flat indices, pw fastest"""
+    fn = sub.unravel
+    fn = getattr(fn, "py_func", None) or getattr(fn, "fn", None) or fn
+    for shape in ((3, 2, 4, 5), (1, 3, 1, 7), (2, 1, 3, 1)):
+        for idx in range(int(np.prod(shape))):
+            got = tuple(int(v) for v in fn(idx, shape[1], shape[2], shape[3]))
+            expected = tuple(int(v) for v in np.unravel_index(idx, shape))
+            if got != expected:
+                args = ", ".join(map(str, (idx, *shape[1:])))
+                fail(f"unravel({args}) = {got}; expected {expected}")
