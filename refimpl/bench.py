@@ -297,6 +297,87 @@ def _header(repeats: int) -> str:
     return "; ".join(parts)
 
 
+def _overhead_calls(w: Workload) -> dict:
+    """(op, direction, "torch op" | "kernel") -> an argument-less call, for workload ``w``."""
+    import torch
+
+    from refimpl import ops
+
+    cpu = BACKENDS["numba"]
+    x, rois, grad = w.make()
+    xt, rt, gt = (torch.from_numpy(a) for a in (x, rois, grad))
+    xg = xt.clone().requires_grad_(True)
+    p, scale, sr, aligned = w.output_size, w.spatial_scale, w.sampling_ratio, w.aligned
+    kw = {"output_size": p, "spatial_scale": scale}
+    akw = {**kw, "sampling_ratio": sr, "aligned": aligned}
+
+    def align_step():
+        torch.autograd.grad(ops.roi_align(xg, rt, p, scale, sr, aligned), xg, gt)
+
+    def pool_step():
+        torch.autograd.grad(ops.roi_pool(xg, rt, p, scale), xg, gt)
+
+    return {
+        ("roi_align", "forward", "torch op"): lambda: ops.roi_align(xt, rt, p, scale, sr, aligned),
+        ("roi_align", "forward", "kernel"): lambda: cpu.roi_align_forward(x, rois, **akw),
+        ("roi_align", "fwd+bwd", "torch op"): align_step,
+        ("roi_align", "fwd+bwd", "kernel"): lambda: (
+            cpu.roi_align_forward(x, rois, **akw),
+            cpu.roi_align_backward(x, rois, grad, **akw),
+        ),
+        ("roi_pool", "forward", "torch op"): lambda: ops.roi_pool(xt, rt, p, scale),
+        ("roi_pool", "forward", "kernel"): lambda: cpu.roi_pool_forward(x, rois, **kw),
+        ("roi_pool", "fwd+bwd", "torch op"): pool_step,
+        ("roi_pool", "fwd+bwd", "kernel"): lambda: (
+            cpu.roi_pool_forward(x, rois, **kw),
+            cpu.roi_pool_backward(x, rois, grad, **kw),
+        ),
+    }
+
+
+def bench_overhead(workloads, repeats: int, log=print) -> list[dict]:
+    """The cost of the PyTorch operator layer on the CPU: ``refimpl.ops.roi_align`` /
+    ``roi_pool`` (custom op dispatch, checks, zero-copy views, autograd) against calling the
+    numba kernels directly on the same NumPy arrays."""
+    rows = []
+    for w in workloads:
+        calls = _overhead_calls(w)
+        for fn in calls.values():
+            fn()  # warm-up and compilation
+        times = time_interleaved({str(k): fn for k, fn in calls.items()}, repeats)
+        for op in ("roi_align", "roi_pool"):
+            for direction in ("forward", "fwd+bwd"):
+                t_op = statistics.median(times[str((op, direction, "torch op"))])
+                t_kernel = statistics.median(times[str((op, direction, "kernel"))])
+                rows.append(
+                    {
+                        "workload": w.name,
+                        "op": op,
+                        "direction": direction,
+                        "torch_op_ms": t_op,
+                        "kernel_ms": t_kernel,
+                        "overhead_ms": t_op - t_kernel,
+                    }
+                )
+                log(f"  {w.name:5s} {op:10s} {direction:8s} {t_op:9.2f} ms vs {t_kernel:9.2f} ms")
+    return rows
+
+
+def format_overhead(rows: list[dict], repeats: int) -> str:
+    lines = [
+        f"torch op vs numba kernel called directly, CPU, median of {repeats} interleaved runs, ms",
+        "",
+        "| workload | op        | direction | torch op | kernel | overhead |",
+        "|----------|-----------|-----------|---------:|-------:|---------:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']:8s} | {r['op']:9s} | {r['direction']:9s} | "
+            f"{r['torch_op_ms']:8.2f} | {r['kernel_ms']:6.2f} | {r['overhead_ms']:+8.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refimpl.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -310,7 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     ops.add_argument("--quick", action="store_true", help="a tiny workload, python included")
     ops.add_argument("--threads", type=int, default=None, help="numba and torch thread count")
     ops.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    overhead = sub.add_parser("overhead", help="the torch op layer against the bare kernels")
+    overhead.add_argument("--repeats", type=int, default=7, help="timed runs per cell (median)")
+    overhead.add_argument("--quick", action="store_true", help="a tiny workload")
     args = parser.parse_args(argv)
+    if args.command == "overhead":
+        workloads = QUICK_WORKLOADS if args.quick else WORKLOADS
+        rows = bench_overhead(workloads, args.repeats, log=lambda s: print(s, flush=True))
+        print()
+        print(format_overhead(rows, args.repeats))
+        return 0
 
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
