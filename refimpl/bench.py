@@ -394,6 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     overhead = sub.add_parser("overhead", help="the torch op layer against the bare kernels")
     overhead.add_argument("--repeats", type=int, default=7, help="timed runs per cell (median)")
     overhead.add_argument("--quick", action="store_true", help="a tiny workload")
+    sub.add_parser(
+        "model", help="Mask R-CNN step and inference against torchvision's", add_help=False
+    )
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "model":
+        from refimpl import bench_model
+
+        return bench_model.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "overhead":
         workloads = QUICK_WORKLOADS if args.quick else WORKLOADS
