@@ -90,6 +90,7 @@ def test_deterministic_per_image():
     assert not np.array_equal(a[0], c[0])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' own, under NumPy 2
 def test_writes_a_real_coco_dataset(tmp_path):
     paths = shapes.write_shapes_dataset(tmp_path, train=5, val=3, seed=1)
     assert set(paths) == {"train", "val"}
