@@ -397,12 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "model", help="Mask R-CNN step and inference against torchvision's", add_help=False
     )
+    sub.add_parser(
+        "gpu", help="CUDA ops against torchvision's, CUDA events, bandwidth", add_help=False
+    )
     if argv is None:
         argv = sys.argv[1:]
     if argv and argv[0] == "model":
         from refimpl import bench_model
 
         return bench_model.main(argv[1:])
+    if argv and argv[0] == "gpu":
+        from refimpl import bench_gpu
+
+        return bench_gpu.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "overhead":
         workloads = QUICK_WORKLOADS if args.quick else WORKLOADS

@@ -19,7 +19,10 @@ any problem and the grid can be capped at a few waves of the GPU):
 * RoI forwards: one thread per output element ``(k, c, ph, pw)``, as torchvision's CUDA
   kernels. Consecutive threads take consecutive ``pw``, then ``ph``, then ``c``, so a warp
   writes a contiguous run of the output. Every thread recomputes its RoI's geometry from the
-  box: a few flops, cheaper than a second pass and a buffer.
+  box: a few flops, cheaper than a second pass and a buffer. The same kernels compile for
+  **channels-last** arrays too (``launch_*_nhwc``: x [N, H, W, C], outputs [K, PH, PW, C]),
+  with consecutive threads along ``c``: coalesced reads, writes and atomics (see the
+  comment above :func:`launch_roi_align_forward_nhwc`).
 * RoI backwards: also one thread per ``grad_output`` element, scattering into ``grad_x``
   with **atomic adds** (see :func:`_roi_align_backward_body` for why not a gather).
 * PrRoIPool (IoU-Net sec. 3.3): the forward as the RoI forwards, each thread summing tent
@@ -111,8 +114,45 @@ def _roi_grid(F, rois, k, spatial_scale, aligned, quantize, pooled_h, pooled_w, 
     return _align_box(F, x1, y1, x2, y2, scale, aligned, pooled_h, pooled_w, sampling_ratio)
 
 
+# Two memory layouts, one kernel body. ``cl`` (channels-last) is a constant of each compiled
+# kernel (the factory closes over it), so the compiler keeps one branch of these accessors.
+# NCHW: arrays [N, C, H, W] and [K, C, PH, PW]; channels-last: [N, H, W, C] and [K, PH, PW, C].
+
+
 @cuda.jit(device=True)
-def _bilinear(F, x, b, c, y, xx, height, width):
+def _at(a, i, c, y, xx, cl):
+    """Element ``(i, c, y, xx)`` (image or RoI, channel, row, column) of a 4-D array."""
+    if cl:
+        return a[i, y, xx, c]
+    return a[i, c, y, xx]
+
+
+@cuda.jit(device=True)
+def _put(a, i, c, y, xx, value, cl):
+    if cl:
+        a[i, y, xx, c] = value
+    else:
+        a[i, c, y, xx] = value
+
+
+@cuda.jit(device=True)
+def _atomic_add(a, i, c, y, xx, value, cl):
+    if cl:
+        cuda.atomic.add(a, (i, y, xx, c), value)
+    else:
+        cuda.atomic.add(a, (i, c, y, xx), value)
+
+
+@cuda.jit(device=True)
+def _dims(a, cl):
+    """``(N, C, H, W)`` of a 4-D array in either layout."""
+    if cl:
+        return a.shape[0], a.shape[3], a.shape[1], a.shape[2]
+    return a.shape[0], a.shape[1], a.shape[2], a.shape[3]
+
+
+@cuda.jit(device=True)
+def _bilinear(F, x, b, c, y, xx, height, width, cl):
     """Bilinear sample of plane ``x[b, c]`` at ``(y, xx)``; 0 more than a pixel outside."""
     inside_y, y_low, y_high, wy_low, wy_high = _bilinear_1d(F, y, height)
     inside_x, x_low, x_high, wx_low, wx_high = _bilinear_1d(F, xx, width)
@@ -120,15 +160,15 @@ def _bilinear(F, x, b, c, y, xx, height, width):
         return F(0.0)
     # Same weights and summation order as the python backend (and torchvision).
     return (
-        (wy_low * wx_low) * x[b, c, y_low, x_low]
-        + (wy_low * wx_high) * x[b, c, y_low, x_high]
-        + (wy_high * wx_low) * x[b, c, y_high, x_low]
-        + (wy_high * wx_high) * x[b, c, y_high, x_high]
+        (wy_low * wx_low) * _at(x, b, c, y_low, x_low, cl)
+        + (wy_low * wx_high) * _at(x, b, c, y_low, x_high, cl)
+        + (wy_high * wx_low) * _at(x, b, c, y_high, x_low, cl)
+        + (wy_high * wx_high) * _at(x, b, c, y_high, x_high, cl)
     )
 
 
 @cuda.jit(device=True)
-def _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share):
+def _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share, cl):
     """Add ``share`` times each bilinear weight to the four pixels the sample at (y, xx) read.
 
     Atomic: other bins and RoIs may write the same pixels concurrently. At the clamped border
@@ -138,14 +178,14 @@ def _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share):
     inside_x, x_low, x_high, wx_low, wx_high = _bilinear_1d(F, xx, width)
     if not (inside_y and inside_x):
         return
-    cuda.atomic.add(grad_x, (b, c, y_low, x_low), share * (wy_low * wx_low))
-    cuda.atomic.add(grad_x, (b, c, y_low, x_high), share * (wy_low * wx_high))
-    cuda.atomic.add(grad_x, (b, c, y_high, x_low), share * (wy_high * wx_low))
-    cuda.atomic.add(grad_x, (b, c, y_high, x_high), share * (wy_high * wx_high))
+    _atomic_add(grad_x, b, c, y_low, x_low, share * (wy_low * wx_low), cl)
+    _atomic_add(grad_x, b, c, y_low, x_high, share * (wy_low * wx_high), cl)
+    _atomic_add(grad_x, b, c, y_high, x_low, share * (wy_high * wx_low), cl)
+    _atomic_add(grad_x, b, c, y_high, x_high, share * (wy_high * wx_high), cl)
 
 
 @cuda.jit(device=True)
-def _max_sample(F, x, b, c, ph, pw, start_y, start_x, bin_h, bin_w, grid_h, grid_w, h, w):
+def _max_sample(F, x, b, c, ph, pw, start_y, start_x, bin_h, bin_w, grid_h, grid_w, h, w, cl):
     """The bin's largest sample: ``(value, iy, ix)``, ``iy = -1`` for an empty grid.
 
     An outside sample counts as 0; the first maximum wins (``>``), iterating iy then ix.
@@ -158,7 +198,7 @@ def _max_sample(F, x, b, c, ph, pw, start_y, start_x, bin_h, bin_w, grid_h, grid
         y = _sample_coord(F, start_y, bin_h, ph, iy, grid_h)
         for ix in range(grid_w):
             xx = _sample_coord(F, start_x, bin_w, pw, ix, grid_w)
-            v = _bilinear(F, x, b, c, y, xx, h, w)
+            v = _bilinear(F, x, b, c, y, xx, h, w, cl)
             if best_iy < 0 or v > best:
                 best = v
                 best_iy = iy
@@ -167,7 +207,7 @@ def _max_sample(F, x, b, c, ph, pw, start_y, start_x, bin_h, bin_w, grid_h, grid
 
 
 @cuda.jit(device=True)
-def _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi):
+def _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi, cl):
     """RoIPool's bin maximum: ``(value, y, x)``, the first maximum in row-major order;
     ``y = -1`` (and value 0) for an empty bin."""
     best = F(0.0)
@@ -175,7 +215,7 @@ def _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi):
     best_x = -1
     for yy in range(h_lo, h_hi):
         for xx in range(w_lo, w_hi):
-            v = x[b, c, yy, xx]
+            v = _at(x, b, c, yy, xx, cl)
             if best_y < 0 or v > best:
                 best = v
                 best_y = yy
@@ -231,8 +271,15 @@ def _tent_sum(F, x, b, c, y_lo, y_hi, y_point, x_lo, x_hi, x_point, height, widt
 
 
 @cuda.jit(device=True)
-def _unravel(idx, channels, pooled_h, pooled_w):
-    """Output element ``idx`` of a C-ordered [K, C, PH, PW] array as (k, c, ph, pw)."""
+def _unravel(idx, channels, pooled_h, pooled_w, cl):
+    """Output element ``idx`` as (k, c, ph, pw): of a C-ordered [K, C, PH, PW] array (pw
+    fastest), or channels-last, of a C-ordered [K, PH, PW, C] array (c fastest)."""
+    if cl:
+        c = idx % channels
+        pw = (idx // channels) % pooled_w
+        ph = (idx // (channels * pooled_w)) % pooled_h
+        k = idx // (channels * pooled_w * pooled_h)
+        return k, c, ph, pw
     pw = idx % pooled_w
     ph = (idx // pooled_w) % pooled_h
     c = (idx // (pooled_w * pooled_h)) % channels
@@ -244,21 +291,24 @@ def _unravel(idx, channels, pooled_h, pooled_w):
 
 
 @functools.cache
-def _kernels(dtype: np.dtype) -> SimpleNamespace:
-    """Compile-on-first-launch kernels for float32 or float64 (``F`` is closed over)."""
+def _kernels(dtype: np.dtype, channels_last: bool = False) -> SimpleNamespace:
+    """Compile-on-first-launch kernels for float32 or float64 and one memory layout (``F``
+    and ``CL`` are closed over: constants of the compiled code). PrRoIPool, box IoU and NMS
+    have one layout; take them from ``_kernels(dtype)``."""
     F = np.dtype(dtype).type
+    CL = bool(channels_last)
 
     @cuda.jit
     def roi_align_forward(x, rois, out, spatial_scale, sampling_ratio, aligned, max_mode, quantize):
         """One thread per output element (k, c, ph, pw): avg or max of the bin's samples."""
-        n_images, channels, height, width = x.shape
-        n_rois, _, pooled_h, pooled_w = out.shape
+        n_images, channels, height, width = _dims(x, CL)
+        n_rois, _, pooled_h, pooled_w = _dims(out, CL)
         total = n_rois * channels * pooled_h * pooled_w
         for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w, CL)
             b = int(rois[k, 0])
             if b < 0 or b >= n_images:  # guard only: validation has excluded this
-                out[k, c, ph, pw] = F(0.0)
+                _put(out, k, c, ph, pw, F(0.0), CL)
                 continue
             start_y, start_x, bin_h, bin_w, grid_h, grid_w, count = _roi_grid(
                 F, rois, k, spatial_scale, aligned, quantize, pooled_h, pooled_w, sampling_ratio
@@ -279,16 +329,17 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
                     grid_w,
                     height,
                     width,
+                    CL,
                 )
-                out[k, c, ph, pw] = value
+                _put(out, k, c, ph, pw, value, CL)
             else:
                 acc = F(0.0)
                 for iy in range(grid_h):
                     y = _sample_coord(F, start_y, bin_h, ph, iy, grid_h)
                     for ix in range(grid_w):
                         xx = _sample_coord(F, start_x, bin_w, pw, ix, grid_w)
-                        acc += _bilinear(F, x, b, c, y, xx, height, width)
-                out[k, c, ph, pw] = acc / count  # an empty grid: 0 / 1
+                        acc += _bilinear(F, x, b, c, y, xx, height, width, CL)
+                _put(out, k, c, ph, pw, acc / count, CL)  # an empty grid: 0 / 1
 
     @cuda.jit
     def roi_align_backward(
@@ -305,18 +356,18 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
         torchvision's CUDA kernel does. The price: the summation order varies between runs,
         so the result is not bitwise deterministic (equal up to rounding).
         """
-        n_images, channels, height, width = x.shape
-        n_rois, _, pooled_h, pooled_w = grad_out.shape
+        n_images, channels, height, width = _dims(x, CL)
+        n_rois, _, pooled_h, pooled_w = _dims(grad_out, CL)
         total = n_rois * channels * pooled_h * pooled_w
         for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w, CL)
             b = int(rois[k, 0])
             if b < 0 or b >= n_images:
                 continue
             start_y, start_x, bin_h, bin_w, grid_h, grid_w, count = _roi_grid(
                 F, rois, k, spatial_scale, aligned, quantize, pooled_h, pooled_w, sampling_ratio
             )
-            grad = grad_out[k, c, ph, pw]
+            grad = _at(grad_out, k, c, ph, pw, CL)
             if max_mode:
                 # The gradient of a max goes, undivided, to the winning sample only.
                 _, best_iy, best_ix = _max_sample(
@@ -334,30 +385,31 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
                     grid_w,
                     height,
                     width,
+                    CL,
                 )
                 if best_iy >= 0:
                     y = _sample_coord(F, start_y, bin_h, ph, best_iy, grid_h)
                     xx = _sample_coord(F, start_x, bin_w, pw, best_ix, grid_w)
-                    _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, grad)
+                    _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, grad, CL)
             else:
                 share = grad / count
                 for iy in range(grid_h):
                     y = _sample_coord(F, start_y, bin_h, ph, iy, grid_h)
                     for ix in range(grid_w):
                         xx = _sample_coord(F, start_x, bin_w, pw, ix, grid_w)
-                        _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share)
+                        _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share, CL)
 
     @cuda.jit
     def roi_pool_forward(x, rois, out, spatial_scale):
         """One thread per output element: the maximum of its quantized bin (0 if empty)."""
-        n_images, channels, height, width = x.shape
-        n_rois, _, pooled_h, pooled_w = out.shape
+        n_images, channels, height, width = _dims(x, CL)
+        n_rois, _, pooled_h, pooled_w = _dims(out, CL)
         total = n_rois * channels * pooled_h * pooled_w
         for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w, CL)
             b = int(rois[k, 0])
             if b < 0 or b >= n_images:
-                out[k, c, ph, pw] = F(0.0)
+                _put(out, k, c, ph, pw, F(0.0), CL)
                 continue
             start_y, start_x, bin_h, bin_w = _pool_box(
                 F,
@@ -371,18 +423,18 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
             )
             h_lo, h_hi = _pool_bin(F, ph, bin_h, start_y, height)
             w_lo, w_hi = _pool_bin(F, pw, bin_w, start_x, width)
-            value, _, _ = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi)
-            out[k, c, ph, pw] = value
+            value, _, _ = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi, CL)
+            _put(out, k, c, ph, pw, value, CL)
 
     @cuda.jit
     def roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale):
         """One thread per grad_output element: recompute the bin's argmax from x, then an
         atomic add there (Fast R-CNN eq. 4; bins of one RoI and of different RoIs overlap)."""
-        n_images, channels, height, width = x.shape
-        n_rois, _, pooled_h, pooled_w = grad_out.shape
+        n_images, channels, height, width = _dims(x, CL)
+        n_rois, _, pooled_h, pooled_w = _dims(grad_out, CL)
         total = n_rois * channels * pooled_h * pooled_w
         for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w, CL)
             b = int(rois[k, 0])
             if b < 0 or b >= n_images:
                 continue
@@ -398,9 +450,9 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
             )
             h_lo, h_hi = _pool_bin(F, ph, bin_h, start_y, height)
             w_lo, w_hi = _pool_bin(F, pw, bin_w, start_x, width)
-            _, best_y, best_x = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi)
+            _, best_y, best_x = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi, CL)
             if best_y >= 0:
-                cuda.atomic.add(grad_x, (b, c, best_y, best_x), grad_out[k, c, ph, pw])
+                _atomic_add(grad_x, b, c, best_y, best_x, _at(grad_out, k, c, ph, pw, CL), CL)
 
     @cuda.jit
     def box_iou(boxes1, boxes2, iou):
@@ -460,7 +512,7 @@ def _kernels(dtype: np.dtype) -> SimpleNamespace:
         n_rois, _, pooled_h, pooled_w = out.shape
         total = n_rois * channels * pooled_h * pooled_w
         for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w)
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w, False)
             b = int(rois[k, 0])
             y0, y1, x0, x1, area = _prroi_bin(
                 F, rois, k, spatial_scale, aligned, pooled_h, pooled_w, ph, pw
@@ -609,25 +661,38 @@ def _launch_size(n: int) -> tuple[int, int]:
     return blocks, threads
 
 
-def _roi_arrays(x, rois, out, out_name: str):
-    """Device views of x, rois and the [K, C, PH, PW] array; their shapes and dtypes agree."""
+def _roi_arrays(x, rois, out, out_name: str, channels_last: bool = False):
+    """Device views of x, rois and the pooled array; their shapes and dtypes agree. NCHW:
+    x [N, C, H, W], out [K, C, PH, PW]; channels-last: x [N, H, W, C], out [K, PH, PW, C]."""
     x = _device(x, "x")
     rois = _device(rois, "rois")
     out = _device(out, out_name)
+    x_dims, out_dims, axis = ("[N, C, H, W]", "C, PH, PW", 1)
+    if channels_last:
+        x_dims, out_dims, axis = ("[N, H, W, C]", "PH, PW, C", 3)
     if len(x.shape) != 4:
-        raise ValueError(f"x must have shape [N, C, H, W], got {tuple(x.shape)}")
+        raise ValueError(f"x must have shape {x_dims}, got {tuple(x.shape)}")
     if np.dtype(x.dtype) not in FLOAT_DTYPES:
         raise TypeError(f"x must have dtype float32 or float64, got {np.dtype(x.dtype)}")
     if len(rois.shape) != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must have shape [K, 5], got {tuple(rois.shape)}")
     _check_dtype("rois", rois, x.dtype)
-    if len(out.shape) != 4 or out.shape[0] != rois.shape[0] or out.shape[1] != x.shape[1]:
+    if len(out.shape) != 4 or out.shape[0] != rois.shape[0] or out.shape[axis] != x.shape[axis]:
+        dims = out_dims.replace("C", f"C={x.shape[axis]}")
         raise ValueError(
-            f"{out_name} must have shape [K={rois.shape[0]}, C={x.shape[1]}, PH, PW], "
-            f"got {tuple(out.shape)}"
+            f"{out_name} must have shape [K={rois.shape[0]}, {dims}], got {tuple(out.shape)}"
         )
     _check_dtype(out_name, out, x.dtype)
     return x, rois, out
+
+
+def _grad_x(grad_x, x):
+    """grad_x as a device array of x's shape and dtype, C-contiguous (it is accumulated into)."""
+    grad_x = _device(grad_x, "grad_x")
+    _check_shape("grad_x", grad_x, x.shape)
+    _check_dtype("grad_x", grad_x, x.dtype)
+    _check_contiguous("grad_x", grad_x)
+    return grad_x
 
 
 def _check_sampling_ratio(sampling_ratio) -> int:
@@ -637,9 +702,9 @@ def _check_sampling_ratio(sampling_ratio) -> int:
 
 
 def _launch_align_forward(
-    x, rois, out, spatial_scale, sampling_ratio, aligned, mode, quantize, stream
+    x, rois, out, spatial_scale, sampling_ratio, aligned, mode, quantize, stream, channels_last
 ):
-    x, rois, out = _roi_arrays(x, rois, out, "out")
+    x, rois, out = _roi_arrays(x, rois, out, "out", channels_last)
     _check_contiguous("out", out)
     scale = check_spatial_scale(spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
@@ -648,7 +713,7 @@ def _launch_align_forward(
     if n == 0:
         return out
     blocks, threads = _launch_size(n)
-    _kernels(x.dtype).roi_align_forward[blocks, threads, stream](
+    _kernels(x.dtype, channels_last).roi_align_forward[blocks, threads, stream](
         x,
         rois,
         out,
@@ -662,13 +727,20 @@ def _launch_align_forward(
 
 
 def _launch_align_backward(
-    x, rois, grad_out, grad_x, spatial_scale, sampling_ratio, aligned, mode, quantize, stream
+    x,
+    rois,
+    grad_out,
+    grad_x,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    mode,
+    quantize,
+    stream,
+    channels_last,
 ):
-    x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out")
-    grad_x = _device(grad_x, "grad_x")
-    _check_shape("grad_x", grad_x, x.shape)
-    _check_dtype("grad_x", grad_x, x.dtype)
-    _check_contiguous("grad_x", grad_x)
+    x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out", channels_last)
+    grad_x = _grad_x(grad_x, x)
     scale = check_spatial_scale(spatial_scale)
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     max_mode = check_pool_mode(mode) == "max"
@@ -676,7 +748,7 @@ def _launch_align_backward(
     if n == 0:
         return grad_x
     blocks, threads = _launch_size(n)
-    _kernels(x.dtype).roi_align_backward[blocks, threads, stream](
+    _kernels(x.dtype, channels_last).roi_align_backward[blocks, threads, stream](
         x,
         rois,
         grad_out,
@@ -686,6 +758,34 @@ def _launch_align_backward(
         bool(aligned),
         max_mode,
         quantize,
+    )
+    return grad_x
+
+
+def _launch_pool_forward(x, rois, out, spatial_scale, stream, channels_last):
+    x, rois, out = _roi_arrays(x, rois, out, "out", channels_last)
+    _check_contiguous("out", out)
+    scale = check_spatial_scale(spatial_scale)
+    n = math.prod(out.shape)
+    if n == 0:
+        return out
+    blocks, threads = _launch_size(n)
+    _kernels(x.dtype, channels_last).roi_pool_forward[blocks, threads, stream](
+        x, rois, out, np.float64(scale)
+    )
+    return out
+
+
+def _launch_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream, channels_last):
+    x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out", channels_last)
+    grad_x = _grad_x(grad_x, x)
+    scale = check_spatial_scale(spatial_scale)
+    n = math.prod(grad_out.shape)
+    if n == 0:
+        return grad_x
+    blocks, threads = _launch_size(n)
+    _kernels(x.dtype, channels_last).roi_pool_backward[blocks, threads, stream](
+        x, rois, grad_out, grad_x, np.float64(scale)
     )
     return grad_x
 
@@ -705,7 +805,7 @@ def launch_roi_align_forward(
     torch, ``cuda.external_stream(torch.cuda.current_stream().cuda_stream)``).
     """
     return _launch_align_forward(
-        x, rois, out, spatial_scale, sampling_ratio, aligned, pool_mode, False, stream
+        x, rois, out, spatial_scale, sampling_ratio, aligned, pool_mode, False, stream, False
     )
 
 
@@ -730,6 +830,7 @@ def launch_roi_align_backward(
         pool_mode,
         False,
         stream,
+        False,
     )
 
 
@@ -740,7 +841,7 @@ def launch_roi_warp_forward(x, rois, out, spatial_scale, sampling_ratio, pool_mo
     rounded in the kernel: pass the original ``rois``.
     """
     return _launch_align_forward(
-        x, rois, out, spatial_scale, sampling_ratio, False, pool_mode, True, stream
+        x, rois, out, spatial_scale, sampling_ratio, False, pool_mode, True, stream, False
     )
 
 
@@ -759,6 +860,7 @@ def launch_roi_warp_backward(
         pool_mode,
         True,
         stream,
+        False,
     )
 
 
@@ -768,15 +870,7 @@ def launch_roi_pool_forward(x, rois, out, spatial_scale, stream=0):
     Shapes, dtypes and the caller's validation as :func:`launch_roi_align_forward`. No argmax
     is stored: the backward recomputes it from ``x``.
     """
-    x, rois, out = _roi_arrays(x, rois, out, "out")
-    _check_contiguous("out", out)
-    scale = check_spatial_scale(spatial_scale)
-    n = math.prod(out.shape)
-    if n == 0:
-        return out
-    blocks, threads = _launch_size(n)
-    _kernels(x.dtype).roi_pool_forward[blocks, threads, stream](x, rois, out, np.float64(scale))
-    return out
+    return _launch_pool_forward(x, rois, out, spatial_scale, stream, False)
 
 
 def launch_roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream=0):
@@ -785,20 +879,95 @@ def launch_roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream=0)
     As :func:`launch_roi_align_backward`: ``grad_x`` is accumulated into (pass it zeroed);
     ``x`` is read to recompute each bin's argmax (the first maximum in row-major order).
     """
-    x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out")
-    grad_x = _device(grad_x, "grad_x")
-    _check_shape("grad_x", grad_x, x.shape)
-    _check_dtype("grad_x", grad_x, x.dtype)
-    _check_contiguous("grad_x", grad_x)
-    scale = check_spatial_scale(spatial_scale)
-    n = math.prod(grad_out.shape)
-    if n == 0:
-        return grad_x
-    blocks, threads = _launch_size(n)
-    _kernels(x.dtype).roi_pool_backward[blocks, threads, stream](
-        x, rois, grad_out, grad_x, np.float64(scale)
+    return _launch_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream, False)
+
+
+# --- the same launches on channels-last arrays ----------------------------------------------
+#
+# Threads are laid along the channels: a warp's 32 threads share one RoI bin and take 32
+# consecutive channels (FPN has 256), so each bilinear corner (or RoIPool pixel) the warp
+# reads is one coalesced 128-byte transaction of an [N, H, W, C] map, fully used, and the
+# warp writes a contiguous run of the output. In NCHW a warp's lanes take consecutive pw
+# (then ph) of one plane: samples a bin width apart over several rows, several cache lines
+# per read, mostly wasted. In the backward the warp's 32 atomic adds go to 32 consecutive
+# addresses, where in NCHW neighbouring bins of a small RoI share corner pixels and their
+# atomics serialize. The price: the caller provides channels-last data (a torch caller:
+# ``x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)``, no copy when the
+# features already are channels-last). Same arithmetic and iteration order as NCHW: the
+# forwards are bitwise equal, the max modes pick the same first maximum.
+
+
+def launch_roi_align_forward_nhwc(
+    x, rois, out, spatial_scale, sampling_ratio, aligned, pool_mode="avg", stream=0
+):
+    """:func:`launch_roi_align_forward` on channels-last arrays: ``x`` [N, H, W, C] (any
+    strides; C-contiguous is the fast case), ``out`` [K, PH, PW, C], C-contiguous."""
+    return _launch_align_forward(
+        x, rois, out, spatial_scale, sampling_ratio, aligned, pool_mode, False, stream, True
     )
-    return grad_x
+
+
+def launch_roi_align_backward_nhwc(
+    x, rois, grad_out, grad_x, spatial_scale, sampling_ratio, aligned, pool_mode="avg", stream=0
+):
+    """:func:`launch_roi_align_backward` on channels-last arrays: ``grad_out`` [K, PH, PW, C]
+    (any strides, e.g. a permuted view of an NCHW gradient), ``grad_x`` [N, H, W, C],
+    C-contiguous, accumulated into (pass it zeroed); in avg mode it may stand in for ``x``."""
+    return _launch_align_backward(
+        x,
+        rois,
+        grad_out,
+        grad_x,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+        pool_mode,
+        False,
+        stream,
+        True,
+    )
+
+
+def launch_roi_warp_forward_nhwc(
+    x, rois, out, spatial_scale, sampling_ratio, pool_mode="max", stream=0
+):
+    """:func:`launch_roi_warp_forward` on channels-last arrays (as
+    :func:`launch_roi_align_forward_nhwc`)."""
+    return _launch_align_forward(
+        x, rois, out, spatial_scale, sampling_ratio, False, pool_mode, True, stream, True
+    )
+
+
+def launch_roi_warp_backward_nhwc(
+    x, rois, grad_out, grad_x, spatial_scale, sampling_ratio, pool_mode="max", stream=0
+):
+    """:func:`launch_roi_warp_backward` on channels-last arrays (as
+    :func:`launch_roi_align_backward_nhwc`)."""
+    return _launch_align_backward(
+        x,
+        rois,
+        grad_out,
+        grad_x,
+        spatial_scale,
+        sampling_ratio,
+        False,
+        pool_mode,
+        True,
+        stream,
+        True,
+    )
+
+
+def launch_roi_pool_forward_nhwc(x, rois, out, spatial_scale, stream=0):
+    """:func:`launch_roi_pool_forward` on channels-last arrays (as
+    :func:`launch_roi_align_forward_nhwc`)."""
+    return _launch_pool_forward(x, rois, out, spatial_scale, stream, True)
+
+
+def launch_roi_pool_backward_nhwc(x, rois, grad_out, grad_x, spatial_scale, stream=0):
+    """:func:`launch_roi_pool_backward` on channels-last arrays (as
+    :func:`launch_roi_align_backward_nhwc`; ``x`` is read to recompute the argmax)."""
+    return _launch_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream, True)
 
 
 def launch_prroi_pool_forward(x, rois, out, spatial_scale, aligned, stream=0):
@@ -844,10 +1013,7 @@ def launch_prroi_pool_backward(
     most :data:`MAX_BLOCKS` blocks (a block-stride loop over the RoIs).
     """
     x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out")
-    grad_x = _device(grad_x, "grad_x")
-    _check_shape("grad_x", grad_x, x.shape)
-    _check_dtype("grad_x", grad_x, x.dtype)
-    _check_contiguous("grad_x", grad_x)
+    grad_x = _grad_x(grad_x, x)
     grad_rois = _device(grad_rois, "grad_rois")
     _check_shape("grad_rois", grad_rois, rois.shape)
     _check_dtype("grad_rois", grad_rois, x.dtype)
@@ -990,6 +1156,7 @@ def _align(
             a.pool_mode,
             quantize,
             0,
+            False,
         )
         return out.copy_to_host()
     if n_rois == 0 or channels == 0:
@@ -1006,6 +1173,7 @@ def _align(
         a.pool_mode,
         quantize,
         0,
+        False,
     )
     return grad_x.copy_to_host()
 

@@ -276,14 +276,47 @@ def _numba_cuda(device: torch.device):
         yield as_array, stream
 
 
-def _cuda_launch(name: str, *args, stream) -> None:
+def _cuda_launch(name: str, *args, stream, layout: str = "nchw") -> None:
     """THE adapter to refimpl.ops.cuda's launch API (adjust here, nowhere else).
 
     Calls ``launch_<name>(*args, stream=stream)``: forwards ``(x, rois, out, *params)``,
     backwards ``(x, rois, grad_out, grad_x, *params)`` with ``grad_x`` zeroed (accumulated
     into), ``box_iou`` ``(boxes1, boxes2, iou)``; ``params`` as the backend interface's.
+    ``layout="channels_last"``: ``launch_<name>_nhwc``, the same arguments with x, out,
+    grad_out and grad_x as [N, H, W, C] / [K, PH, PW, C].
     """
-    getattr(_cuda_backend(), f"launch_{name}")(*args, stream=stream)
+    suffix = "_nhwc" if layout == "channels_last" else ""
+    getattr(_cuda_backend(), f"launch_{name}{suffix}")(*args, stream=stream)
+
+
+# Which CUDA kernels the RoIAlign / RoIWarp / RoIPool operators launch, read at every call:
+# "nchw" (one thread per output element gathering from one channel plane, as torchvision's)
+# or "channels_last" (threads along the channels of a channels-last copy of the input:
+# coalesced reads, writes and atomics; refimpl.ops.cuda's launch_*_nhwc). The operators'
+# results are NCHW-contiguous either way: the channels-last path converts on the way in
+# (a no-op for features that already are channels-last) and on the way out, and
+# `python -m refimpl bench gpu` times both paths with these conversions included.
+CUDA_LAYOUT = "nchw"
+_CUDA_LAYOUTS = ("nchw", "channels_last")
+
+
+def _cuda_layout(fn: str) -> str:
+    if CUDA_LAYOUT not in _CUDA_LAYOUTS:
+        raise ValueError(
+            f"refimpl.ops.torch_ops.CUDA_LAYOUT must be one of {_CUDA_LAYOUTS}, got {CUDA_LAYOUT!r}"
+        )
+    # PrRoIPool has NCHW kernels only.
+    return "nchw" if fn.startswith("prroi") else CUDA_LAYOUT
+
+
+def _nhwc(t: Tensor) -> Tensor:
+    """A [N, C, H, W] tensor as its [N, H, W, C] view (no copy)."""
+    return t.permute(0, 2, 3, 1)
+
+
+def _nchw(t: Tensor) -> Tensor:
+    """An [N, H, W, C] tensor back as an NCHW-contiguous [N, C, H, W] tensor (a copy)."""
+    return t.permute(0, 3, 1, 2).contiguous()
 
 
 def _cuda_validate_rois(input_shape, rois: Tensor, dtype: torch.dtype, spatial_scale) -> None:
@@ -301,14 +334,21 @@ def _cuda_roi_forward(
     dtype = _compute_dtype(input.dtype)
     _cuda_validate_rois(input.shape, rois, dtype, spatial_scale)
     ph, pw = check_output_size(output_size)
-    x = input.detach().to(dtype).contiguous()
+    layout = _cuda_layout(fn)
     r = rois.detach().to(dtype).contiguous()
-    # Every element is written by the kernel (an empty bin writes 0): no memset needed.
-    y = torch.empty((r.shape[0], x.shape[1], ph, pw), dtype=dtype, device=x.device)
+    if layout == "channels_last":
+        x = _nhwc(input.detach().to(dtype).contiguous(memory_format=torch.channels_last))
+        y = torch.empty((r.shape[0], ph, pw, x.shape[3]), dtype=dtype, device=x.device)
+    else:
+        x = input.detach().to(dtype).contiguous()
+        # Every element is written by the kernel (an empty bin writes 0): no memset needed.
+        y = torch.empty((r.shape[0], x.shape[1], ph, pw), dtype=dtype, device=x.device)
     if y.numel() > 0:
         with _numba_cuda(x.device) as (as_array, stream):
             args = (as_array(x), as_array(r), as_array(y), spatial_scale, *params)
-            _cuda_launch(fn, *args, stream=stream)
+            _cuda_launch(fn, *args, stream=stream, layout=layout)
+    if layout == "channels_last":
+        y = _nchw(y)
     return y.to(input.dtype)
 
 
@@ -327,17 +367,30 @@ def _cuda_roi_backward(
     dtype = _compute_dtype(grad.dtype)
     # Also here, not only in the forward: the backward operator can be called on its own.
     _cuda_validate_rois(input_shape, rois, dtype, spatial_scale)
-    g = grad.detach().to(dtype).contiguous()
+    layout = _cuda_layout(fn)
     r = rois.detach().to(dtype).contiguous()
-    # Accumulated into with atomic adds (bins and RoIs overlap): it must start at zero.
-    grad_x = torch.zeros(tuple(input_shape), dtype=dtype, device=grad.device)
+    n, c, h, w = input_shape
+    if layout == "channels_last":
+        g = _nhwc(grad.detach().to(dtype))  # any strides: the kernel reads it once
+        # Accumulated into with atomic adds (bins and RoIs overlap): it must start at zero.
+        grad_x = torch.zeros((n, h, w, c), dtype=dtype, device=grad.device)
+    else:
+        g = grad.detach().to(dtype).contiguous()
+        grad_x = torch.zeros((n, c, h, w), dtype=dtype, device=grad.device)
     if g.numel() > 0:
         # The average modes read only x's shape and dtype (documented by the launch API):
         # grad_x has both, and stands in for the input that autograd did not keep.
-        x = grad_x if input is None else input.detach().to(dtype).contiguous()
+        if input is None:
+            x = grad_x
+        elif layout == "channels_last":
+            x = _nhwc(input.detach().to(dtype).contiguous(memory_format=torch.channels_last))
+        else:
+            x = input.detach().to(dtype).contiguous()
         with _numba_cuda(grad.device) as (as_array, stream):
             args = (as_array(x), as_array(r), as_array(g), as_array(grad_x), spatial_scale)
-            _cuda_launch(fn, *args, *params, stream=stream)
+            _cuda_launch(fn, *args, *params, stream=stream, layout=layout)
+    if layout == "channels_last":
+        grad_x = _nchw(grad_x)
     return grad_x.to(grad.dtype)
 
 

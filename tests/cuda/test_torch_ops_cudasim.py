@@ -77,9 +77,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{'-'.join(map(str, c[2]))}")
-def test_roi_ops_cuda_path_matches_cpu(case, dtype):
+def test_roi_ops_cuda_path_matches_cpu(case, dtype, layout, monkeypatch):
+    """Both CUDA kernel layouts (refimpl.ops.cuda's launch_* and launch_*_nhwc) give the
+    CPU operators' results, NCHW-contiguous."""
+    monkeypatch.setattr(T, "CUDA_LAYOUT", layout)
     stem, fn, params = case
     x, rois, grad = _inputs(dtype)
     x_req = x.clone().requires_grad_(True)
@@ -96,6 +100,35 @@ def test_roi_ops_cuda_path_matches_cpu(case, dtype):
     )
     assert g.dtype == dtype
     torch.testing.assert_close(g, g_cpu, rtol=1e-6, atol=1e-6)
+    assert y.is_contiguous() and g.is_contiguous()
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_channels_last_path_takes_channels_last_input(mode, monkeypatch):
+    """Features already in channels-last memory (no conversion on the way in), a gradient
+    that is not contiguous, and more channels than one pixel's worth of threads."""
+    monkeypatch.setattr(T, "CUDA_LAYOUT", "channels_last")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((2, 5, 6, 7), generator=g, dtype=torch.float64)
+    rois = _inputs(torch.float64)[1]
+    grad = torch.randn((4, 2, 3, 5), generator=g, dtype=torch.float64).permute(0, 3, 1, 2)
+    assert not grad.is_contiguous()
+    params = (OUT, SCALE, 2, True, mode)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    y = T._cuda_roi_forward("roi_align_forward", x_cl, rois, *params)
+    gx = T._cuda_roi_backward("roi_align_backward", grad, x_cl, rois, x.shape, *params)
+    x_req = x.clone().requires_grad_(True)
+    y_cpu = T.roi_align(x_req, rois, OUT, SCALE, 2, True, mode)
+    (g_cpu,) = torch.autograd.grad(y_cpu, x_req, grad)
+    torch.testing.assert_close(y, y_cpu, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, g_cpu, rtol=1e-12, atol=1e-12)
+
+
+def test_cuda_layout_setting_is_checked(monkeypatch):
+    x, rois, _ = _inputs(torch.float64)
+    monkeypatch.setattr(T, "CUDA_LAYOUT", "nhwc")
+    with pytest.raises(ValueError, match="CUDA_LAYOUT"):
+        T._cuda_roi_forward("roi_align_forward", x, rois, OUT, SCALE, -1, False, "avg")
 
 
 def test_roi_cuda_path_validates_before_launch():

@@ -128,3 +128,29 @@ def test_no_detections():
         out = model([torch.rand(3, 128, 128), torch.rand(3, 96, 128)])
     assert [o["boxes"].shape for o in out] == [(0, 4), (0, 4)]
     assert out[1]["masks"].shape == (0, 1, 96, 128) and out[1]["labels"].dtype == torch.int64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("roi_op", ["align", "pool"])
+def test_cuda_matches_cpu(roi_op):
+    """The whole model on CUDA tensors (the refimpl CUDA kernels inside): inference equals
+    the CPU model's in float64, and a training step gives finite losses and gradients."""
+    torch.manual_seed(0)
+    model = maskrcnn_small(3, roi_op=roi_op).double().eval()
+    images, targets = synthetic_batch(128, 2, dtype=torch.float64)
+    with torch.no_grad():
+        out_cpu = model(images)
+        out_gpu = model.cuda()([im.cuda() for im in images])
+    for a, b in zip(out_cpu, out_gpu, strict=True):
+        assert set(a) == set(b)
+        for key in a:
+            torch.testing.assert_close(b[key].cpu(), a[key], rtol=1e-7, atol=1e-7)
+    model.train().float()
+    losses = model(
+        [im.float().cuda() for im in images],
+        [{k: v.cuda() for k, v in t.items()} for t in targets],
+    )
+    assert tuple(losses) == LOSS_NAMES
+    sum(losses.values()).backward()
+    assert all(math.isfinite(v.item()) for v in losses.values())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
