@@ -152,8 +152,9 @@ def _layout(name: str):
         torch_ops.CUDA_LAYOUT = old
 
 
-def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict[str, Callable[[], object]]]:
-    """direction -> candidate -> an argument-less call, on CUDA tensors."""
+def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict]:
+    """direction -> candidate -> an argument-less call, on CUDA tensors; and under
+    ``"results"``, candidate -> direction -> the bare kernels' output buffers (NCHW views)."""
     import torch
     from numba import cuda as ncuda
 
@@ -255,7 +256,15 @@ def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict[str, Callable[[], ob
         }
     else:
         raise ValueError(f"op must be 'roi_align' or 'roi_pool', got {op!r}")
-    calls = {}
+    # Where the bare kernels leave their results, as NCHW views, for _check_outputs.
+    results = {
+        "kernel nchw": {"forward": tensors["out"], "backward": gx},
+        "kernel nhwc": {
+            "forward": tensors["out_nhwc"].permute(0, 3, 1, 2),
+            "backward": gx_nhwc.permute(0, 3, 1, 2),
+        },
+    }
+    calls = {"results": results}
     for direction, candidates in (("forward", forward), ("backward", backward)):
         op_call = candidates.pop("refimpl")
         calls[direction] = {
@@ -285,15 +294,18 @@ def _check_outputs(op: str, w: GpuWorkload, data) -> None:
     import torch
 
     calls = _calls(op, w, data)
+    results = calls.pop("results")
     ref = {d: calls[d]["torchvision"]() for d in ("forward", "backward")}
     ref["forward"] = ref["forward"][0] if op == "roi_pool" else ref["forward"]
     for direction, candidates in calls.items():
         for name, fn in candidates.items():
-            if name.startswith("kernel"):
-                continue  # they write into buffers; their ops' rows check the same kernels
             got = fn()
+            if name in results:  # a bare kernel: its result is in its output buffer
+                got = results[name][direction]
             got = got[0] if isinstance(got, tuple) else got
-            torch.testing.assert_close(got, ref[direction], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                got, ref[direction], rtol=1e-4, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+            )
 
 
 def bench_gpu(workloads, repeats: int, peak_gbs: float | None, log=print) -> list[GpuRow]:
@@ -303,7 +315,9 @@ def bench_gpu(workloads, repeats: int, peak_gbs: float | None, log=print) -> lis
         traffic = traffic_bytes(w, data[1])
         for op in ("roi_align", "roi_pool"):
             _check_outputs(op, w, data)
-            for direction, calls in _calls(op, w, data).items():
+            all_calls = _calls(op, w, data)
+            del all_calls["results"]
+            for direction, calls in all_calls.items():
                 for fn in calls.values():  # warm-up: compilation, allocator, clocks
                     for _ in range(3):
                         fn()
