@@ -290,23 +290,37 @@ def _cuda_launch(name: str, *args, stream, layout: str = "nchw") -> None:
 
 
 # Which CUDA kernels the RoIAlign / RoIWarp / RoIPool operators launch, read at every call:
-# "nchw" (one thread per output element gathering from one channel plane, as torchvision's)
-# or "channels_last" (threads along the channels of a channels-last copy of the input:
-# coalesced reads, writes and atomics; refimpl.ops.cuda's launch_*_nhwc). The operators'
-# results are NCHW-contiguous either way: the channels-last path converts on the way in
-# (a no-op for features that already are channels-last) and on the way out, and
+# "nchw" (one thread per output element gathering from one channel plane, as torchvision's),
+# "channels_last" (threads along the channels of a channels-last copy of the input:
+# coalesced reads, writes and atomics; refimpl.ops.cuda's launch_*_nhwc) or "auto" (the
+# layout the tensors already have: channels-last for a channels-last input in the forward,
+# or a channels-last gradient in the backward; NCHW otherwise), so that no input is copied
+# to change its layout. The operators' results are NCHW-contiguous either way: the
+# channels-last path converts on the way out (and on the way in, when forced).
 # `python -m refimpl bench gpu` times both paths with these conversions included.
-CUDA_LAYOUT = "nchw"
-_CUDA_LAYOUTS = ("nchw", "channels_last")
+CUDA_LAYOUT = "auto"
+_CUDA_LAYOUTS = ("auto", "nchw", "channels_last")
 
 
-def _cuda_layout(fn: str) -> str:
+def _is_channels_last(t: Tensor | None) -> bool:
+    return (
+        t is not None
+        and t.is_contiguous(memory_format=torch.channels_last)
+        and not t.is_contiguous()
+    )
+
+
+def _cuda_layout(fn: str, t: Tensor | None = None) -> str:
+    """The kernels' layout for ``fn`` on tensor ``t`` (the input, or the gradient)."""
     if CUDA_LAYOUT not in _CUDA_LAYOUTS:
         raise ValueError(
             f"refimpl.ops.torch_ops.CUDA_LAYOUT must be one of {_CUDA_LAYOUTS}, got {CUDA_LAYOUT!r}"
         )
-    # PrRoIPool has NCHW kernels only.
-    return "nchw" if fn.startswith("prroi") else CUDA_LAYOUT
+    if fn.startswith("prroi"):  # PrRoIPool has NCHW kernels only
+        return "nchw"
+    if CUDA_LAYOUT == "auto":
+        return "channels_last" if _is_channels_last(t) else "nchw"
+    return CUDA_LAYOUT
 
 
 def _nhwc(t: Tensor) -> Tensor:
@@ -334,7 +348,7 @@ def _cuda_roi_forward(
     dtype = _compute_dtype(input.dtype)
     _cuda_validate_rois(input.shape, rois, dtype, spatial_scale)
     ph, pw = check_output_size(output_size)
-    layout = _cuda_layout(fn)
+    layout = _cuda_layout(fn, input)
     r = rois.detach().to(dtype).contiguous()
     if layout == "channels_last":
         x = _nhwc(input.detach().to(dtype).contiguous(memory_format=torch.channels_last))
@@ -367,7 +381,7 @@ def _cuda_roi_backward(
     dtype = _compute_dtype(grad.dtype)
     # Also here, not only in the forward: the backward operator can be called on its own.
     _cuda_validate_rois(input_shape, rois, dtype, spatial_scale)
-    layout = _cuda_layout(fn)
+    layout = _cuda_layout(fn, grad)
     r = rois.detach().to(dtype).contiguous()
     n, c, h, w = input_shape
     if layout == "channels_last":

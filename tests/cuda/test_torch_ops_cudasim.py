@@ -124,6 +124,39 @@ def test_channels_last_path_takes_channels_last_input(mode, monkeypatch):
     torch.testing.assert_close(gx, g_cpu, rtol=1e-12, atol=1e-12)
 
 
+def test_auto_layout_follows_the_tensors(monkeypatch):
+    """ "auto" launches the channels-last kernels for a channels-last input (forward) or
+    gradient (backward), the NCHW kernels otherwise; PrRoIPool always NCHW."""
+    launched = []
+    real = T._cuda_launch
+
+    def spy(name, *args, stream, layout="nchw"):
+        launched.append((name, layout))
+        return real(name, *args, stream=stream, layout=layout)
+
+    monkeypatch.setattr(T, "_cuda_launch", spy)
+    monkeypatch.setattr(T, "CUDA_LAYOUT", "auto")
+    x, rois, grad = _inputs(torch.float64)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    params = (OUT, SCALE, 2, False, "max")
+    y = T._cuda_roi_forward("roi_align_forward", x, rois, *params)
+    y_cl = T._cuda_roi_forward("roi_align_forward", x_cl, rois, *params)
+    g = T._cuda_roi_backward("roi_align_backward", grad, x, rois, x.shape, *params)
+    grad_cl = grad.contiguous(memory_format=torch.channels_last)
+    g_cl = T._cuda_roi_backward("roi_align_backward", grad_cl, x_cl, rois, x.shape, *params)
+    T._cuda_roi_forward("prroi_pool_forward", x_cl, rois, OUT, SCALE, False)
+    assert launched == [
+        ("roi_align_forward", "nchw"),
+        ("roi_align_forward", "channels_last"),
+        ("roi_align_backward", "nchw"),
+        ("roi_align_backward", "channels_last"),
+        ("prroi_pool_forward", "nchw"),
+    ]
+    torch.testing.assert_close(y_cl, y, rtol=0, atol=0)  # same arithmetic, either layout
+    torch.testing.assert_close(g_cl, g, rtol=1e-12, atol=1e-12)
+    assert y_cl.is_contiguous() and g_cl.is_contiguous()
+
+
 def test_cuda_layout_setting_is_checked(monkeypatch):
     x, rois, _ = _inputs(torch.float64)
     monkeypatch.setattr(T, "CUDA_LAYOUT", "nhwc")
