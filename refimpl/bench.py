@@ -14,9 +14,9 @@ each in turn, so that a machine shared with other work loads them alike. When to
 imports, its CPU ops are timed in the same process and the table shows the speed-up
 ``torchvision time / backend time`` for roi_align (avg) and roi_pool; torchvision has no
 RoIAlign-max, RoIWarp or PrRoIPool. Backwards are timed as the backward kernel alone; for
-roi_pool both torchvision's and ours (where the backend offers it, as numba does) scatter
-through the argmax saved by the forward (``refimpl::roi_pool`` still recomputes it). Thread counts
-are left at their defaults unless ``--threads`` sets both.
+roi_pool both torchvision's and ours scatter through the argmax saved by the forward
+(``roi_pool_backward_from_argmax``), as their torch operators do. Thread counts are left at
+their defaults unless ``--threads`` sets both.
 
 The ``"python"`` backend (plain loops) is far too slow for these workloads: it runs only with
 ``--quick``, which uses a tiny workload instead.
@@ -142,7 +142,7 @@ def _backend_calls(module, stem: str, data, kwargs: dict) -> dict:
     """The backend's forward and backward of ``stem`` on ``data``, as argument-less calls."""
     x, rois, grad = data
     forward, backward = getattr(module, f"{stem}_forward"), getattr(module, f"{stem}_backward")
-    if stem == "roi_pool" and hasattr(module, "roi_pool_backward_from_argmax"):
+    if stem == "roi_pool":
         # Like torchvision's backward: a scatter through the argmax saved by the forward,
         # instead of the stateless interface's recomputation (which costs a second forward).
         _, argmax = module.roi_pool_forward_with_argmax(x, rois, **kwargs)
@@ -326,11 +326,10 @@ def _overhead_calls(w: Workload) -> dict:
             cpu.roi_align_backward(x, rois, grad, **akw),
         ),
         ("roi_pool", "forward", "torch op"): lambda: ops.roi_pool(xt, rt, p, scale),
-        ("roi_pool", "forward", "kernel"): lambda: cpu.roi_pool_forward(x, rois, **kw),
+        ("roi_pool", "forward", "kernel"): lambda: cpu.roi_pool_forward_with_argmax(x, rois, **kw),
         ("roi_pool", "fwd+bwd", "torch op"): pool_step,
-        ("roi_pool", "fwd+bwd", "kernel"): lambda: (
-            cpu.roi_pool_forward(x, rois, **kw),
-            cpu.roi_pool_backward(x, rois, grad, **kw),
+        ("roi_pool", "fwd+bwd", "kernel"): lambda: cpu.roi_pool_backward_from_argmax(
+            x, rois, grad, cpu.roi_pool_forward_with_argmax(x, rois, **kw)[1], **kw
         ),
     }
 

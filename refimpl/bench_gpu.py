@@ -11,8 +11,8 @@ Candidates, interleaved one call of each per round so that clocks and neighbours
 alike, each call timed with a pair of CUDA events (the median of ``--repeats`` rounds after a
 warm-up):
 
-* ``torchvision``: ``torch.ops.torchvision`` (its backward scatters through the forward's
-  argmax for RoIPool, as ours recomputes it);
+* ``torchvision``: ``torch.ops.torchvision`` (for RoIPool, its backward scatters through
+  the argmax its forward saved, as ours does);
 * ``refimpl nchw`` / ``refimpl channels_last``: the ``torch.ops.refimpl`` operators with
   :data:`refimpl.ops.torch_ops.CUDA_LAYOUT` set to each layout: what a user gets, including
   the host-side validation of the RoIs (one small copy and a synchronization) and, for
@@ -224,33 +224,51 @@ def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict]:
             "kernel nhwc": k_bwd_cl,
         }
     elif op == "roi_pool":
+        # Both torch operators save the forward's argmax for the backward; so do the bare
+        # kernels' rows (filled once here, as a training step's forward would).
         _, argmax = tv.roi_pool(x, rois, scale, p, p)
+        _, our_argmax = ours.roi_pool(x, rois, scale, p, p)
+        am = torch.empty(grad.shape, dtype=torch.int64, device=grad.device)
+        am_nhwc = torch.empty(g_nhwc.shape, dtype=torch.int64, device=grad.device)
+        a["am"], a["am_nhwc"] = (ncuda.as_cuda_array(t, sync=False) for t in (am, am_nhwc))
+
+        def k_fwd():
+            cu.launch_roi_pool_forward_with_argmax(
+                a["x"], a["rois"], a["out"], a["am"], scale, stream=stream
+            )
+
+        def k_fwd_cl():
+            cu.launch_roi_pool_forward_with_argmax_nhwc(
+                a["x_nhwc"], a["rois"], a["out_nhwc"], a["am_nhwc"], scale, stream=stream
+            )
 
         def k_bwd():
             gx.zero_()
-            cu.launch_roi_pool_backward(a["x"], a["rois"], a["grad"], a["gx"], scale, stream=stream)
+            cu.launch_roi_pool_backward_from_argmax(
+                a["rois"], a["grad"], a["am"], a["gx"], stream=stream
+            )
 
         def k_bwd_cl():
             gx_nhwc.zero_()
-            cu.launch_roi_pool_backward_nhwc(
-                a["x_nhwc"], a["rois"], a["g_nhwc"], a["gx_nhwc"], scale, stream=stream
+            cu.launch_roi_pool_backward_from_argmax_nhwc(
+                a["rois"], a["g_nhwc"], a["am_nhwc"], a["gx_nhwc"], stream=stream
             )
 
+        k_fwd()
+        k_fwd_cl()
         forward = {
             "torchvision": lambda: tv.roi_pool(x, rois, scale, p, p),
             "refimpl": lambda: ours.roi_pool(x, rois, scale, p, p),
-            "kernel nchw": lambda: cu.launch_roi_pool_forward(
-                a["x"], a["rois"], a["out"], scale, stream=stream
-            ),
-            "kernel nhwc": lambda: cu.launch_roi_pool_forward_nhwc(
-                a["x_nhwc"], a["rois"], a["out_nhwc"], scale, stream=stream
-            ),
+            "kernel nchw": k_fwd,
+            "kernel nhwc": k_fwd_cl,
         }
         backward = {
             "torchvision": lambda: tv._roi_pool_backward(
                 grad, rois, argmax, scale, p, p, n, c, h, wd
             ),
-            "refimpl": lambda: ours.roi_pool_backward(grad, x, rois, scale, p, p),
+            "refimpl": lambda: ours.roi_pool_backward(
+                grad, rois, our_argmax, scale, p, p, n, c, h, wd
+            ),
             "kernel nchw": k_bwd,
             "kernel nhwc": k_bwd_cl,
         }

@@ -3,20 +3,25 @@
 ``BACKENDS`` maps a backend name to a module; every backend module has the same functions
 on NumPy arrays (see :mod:`refimpl.ops.python` for the definitions):
 
-=======================  ===========================================================
-``roi_align_forward``    ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
-                         aligned=False, pool_mode="avg") -> y``
-``roi_align_backward``   ``(x, rois, grad_output, output_size, ...) -> grad_x``
-``roi_pool_forward``     ``(x, rois, output_size, spatial_scale=1.0) -> y``
-``roi_pool_backward``    ``(x, rois, grad_output, output_size, spatial_scale=1.0) -> grad_x``
-``roi_warp_forward``     ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
-                         pool_mode="max") -> y``
-``roi_warp_backward``    ``(x, rois, grad_output, output_size, ...) -> grad_x``
-``prroi_pool_forward``   ``(x, rois, output_size, spatial_scale=1.0, aligned=False) -> y``
-``prroi_pool_backward``  ``(x, rois, grad_output, output_size, ...) -> (grad_x, grad_rois)``
-``box_iou``              ``(boxes1, boxes2) -> iou``
-``nms``                  ``(boxes, scores, iou_threshold) -> keep`` (int64, by score)
-=======================  ===========================================================
+=================================  ================================================================
+``roi_align_forward``              ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                                   aligned=False, pool_mode="avg") -> y``
+``roi_align_backward``             ``(x, rois, grad_output, output_size, ...) -> grad_x``
+``roi_pool_forward``               ``(x, rois, output_size, spatial_scale=1.0) -> y``
+``roi_pool_backward``              ``(x, rois, grad_output, output_size, ...) -> grad_x``
+``roi_pool_forward_with_argmax``   ``(x, rois, output_size, ...) -> (y, argmax)``
+``roi_pool_backward_from_argmax``  ``(x, rois, grad_output, argmax, output_size, ...) -> grad_x``
+``roi_warp_forward``               ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                                   pool_mode="max") -> y``
+``roi_warp_backward``              ``(x, rois, grad_output, output_size, ...) -> grad_x``
+``prroi_pool_forward``             ``(x, rois, output_size, spatial_scale=1.0, aligned=False) -> y``
+``prroi_pool_backward``            ``(x, rois, grad_output, ...) -> (grad_x, grad_rois)``
+``box_iou``                        ``(boxes1, boxes2) -> iou``
+``nms``                            ``(boxes, scores, iou_threshold) -> keep`` (int64, by score)
+=================================  ================================================================
+
+The argmax pair (flat plane index ``row * W + col`` of each bin's maximum, -1 when empty) is
+what the torch operator saves for RoIPool's backward, as torchvision's does.
 
 Backends are imported on first use, so that e.g. the CUDA simulator setting can be chosen
 before numba is imported, and a learner without numba can still use ``"python"``.
@@ -40,6 +45,8 @@ BACKEND_FUNCTIONS = (
     "roi_align_backward",
     "roi_pool_forward",
     "roi_pool_backward",
+    "roi_pool_forward_with_argmax",
+    "roi_pool_backward_from_argmax",
     "roi_warp_forward",
     "roi_warp_backward",
     "prroi_pool_forward",

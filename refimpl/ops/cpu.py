@@ -46,7 +46,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import geometry as g
-from .validate import RoIArgs, check_boxes, check_nms_args, check_roi_args
+from .validate import RoIArgs, check_argmax, check_boxes, check_nms_args, check_roi_args
 
 # error_model="numpy": float division by zero gives inf/NaN as in C (box_iou's 0 / 0 = NaN)
 # instead of raising, and the kernels carry no division checks.
@@ -909,8 +909,8 @@ def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
     """:func:`roi_pool_forward` and the argmax: ``(y, argmax)``, ``argmax [K, C, PH, PW]``
     int64 flat indices ``y * W + x`` into each image plane (-1 for an empty bin).
 
-    Beyond the backend interface: the torch op saves the argmax, as torchvision does, so its
-    backward is a pure scatter (:func:`roi_pool_backward_from_argmax`).
+    The torch op saves the argmax, as torchvision does, so its backward is a pure scatter
+    (:func:`roi_pool_backward_from_argmax`).
     """
     a = check_roi_args(x, rois, output_size, spatial_scale)
     with _threads_for(_roi_work(a)):
@@ -927,13 +927,8 @@ def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
 def roi_pool_backward_from_argmax(x, rois, grad_output, argmax, output_size, spatial_scale=1.0):
     """The RoIPool backward given the forward's argmax: ``grad_x[argmax] += grad_output``."""
     a = check_roi_args(x, rois, output_size, spatial_scale, grad_output=grad_output)
-    if not isinstance(argmax, np.ndarray) or argmax.shape != a.grad_output.shape:
-        raise ValueError(f"argmax must be an array of shape {a.grad_output.shape}")
-    if argmax.dtype != np.int64:
-        raise TypeError(f"argmax must have dtype int64, got {argmax.dtype}")
     n, channels, height, width = a.x.shape
-    if argmax.size and (argmax.min() < -1 or argmax.max() >= height * width):
-        raise ValueError(f"argmax must lie in [-1, {height * width})")  # no out-of-bounds write
+    argmax = check_argmax(argmax, a.grad_output.shape, height * width)
     grad_x = np.zeros_like(a.x)
     with _threads_for(_roi_work(a)):
         if a.rois.shape[0]:

@@ -25,6 +25,10 @@ any problem and the grid can be capped at a few waves of the GPU):
   comment above :func:`launch_roi_align_forward_nhwc`).
 * RoI backwards: also one thread per ``grad_output`` element, scattering into ``grad_x``
   with **atomic adds** (see :func:`_roi_align_backward_body` for why not a gather).
+  RoIPool's backward recomputes each bin's argmax from ``x``; its saved-argmax variant
+  (``launch_roi_pool_forward_with_argmax`` / ``launch_roi_pool_backward_from_argmax``, as
+  torchvision's CUDA RoIPool) stores the argmax in the forward and scatters through it
+  without reading ``x``.
 * PrRoIPool (IoU-Net sec. 3.3): the forward as the RoI forwards, each thread summing tent
   integrals over the pixels under its bin. The backward has one **block per RoI** instead
   (a block-stride loop over the RoIs): its threads stride over the RoI's ``(c, ph, pw)``,
@@ -56,6 +60,7 @@ from numba import cuda
 from . import geometry as g
 from .validate import (
     FLOAT_DTYPES,
+    check_argmax,
     check_boxes,
     check_nms_args,
     check_pool_mode,
@@ -204,6 +209,19 @@ def _max_sample(F, x, b, c, ph, pw, start_y, start_x, bin_h, bin_w, grid_h, grid
                 best_iy = iy
                 best_ix = ix
     return best, best_iy, best_ix
+
+
+@cuda.jit(device=True)
+def _pool_bin_pixels(F, rois, k, spatial_scale, ph, pw, pooled_h, pooled_w, height, width):
+    """The pixel rows ``[h_lo, h_hi)`` and columns ``[w_lo, w_hi)`` of RoIPool's bin
+    ``(ph, pw)`` of RoI ``k``: the box rounded to pixels, split by floor and ceil (Fast
+    R-CNN sec. 2.1), clipped to the map."""
+    start_y, start_x, bin_h, bin_w = _pool_box(
+        F, rois[k, 1], rois[k, 2], rois[k, 3], rois[k, 4], F(spatial_scale), pooled_h, pooled_w
+    )
+    h_lo, h_hi = _pool_bin(F, ph, bin_h, start_y, height)
+    w_lo, w_hi = _pool_bin(F, pw, bin_w, start_x, width)
+    return h_lo, h_hi, w_lo, w_hi
 
 
 @cuda.jit(device=True)
@@ -399,32 +417,41 @@ def _kernels(dtype: np.dtype, channels_last: bool = False) -> SimpleNamespace:
                         xx = _sample_coord(F, start_x, bin_w, pw, ix, grid_w)
                         _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share, CL)
 
-    @cuda.jit
-    def roi_pool_forward(x, rois, out, spatial_scale):
-        """One thread per output element: the maximum of its quantized bin (0 if empty)."""
-        n_images, channels, height, width = _dims(x, CL)
-        n_rois, _, pooled_h, pooled_w = _dims(out, CL)
-        total = n_rois * channels * pooled_h * pooled_w
-        for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w, CL)
-            b = int(rois[k, 0])
-            if b < 0 or b >= n_images:
-                _put(out, k, c, ph, pw, F(0.0), CL)
-                continue
-            start_y, start_x, bin_h, bin_w = _pool_box(
-                F,
-                rois[k, 1],
-                rois[k, 2],
-                rois[k, 3],
-                rois[k, 4],
-                F(spatial_scale),
-                pooled_h,
-                pooled_w,
-            )
-            h_lo, h_hi = _pool_bin(F, ph, bin_h, start_y, height)
-            w_lo, w_hi = _pool_bin(F, pw, bin_w, start_x, width)
-            value, _, _ = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi, CL)
-            _put(out, k, c, ph, pw, value, CL)
+    def roi_pool_forward_kernel(save_argmax):
+        """RoIPool's forward, with or without storing the argmax: one Python body, two
+        kernels. ``save_argmax`` is closed over, a compile-time constant like ``CL``: the
+        plain kernel has no argmax store at all (its launch passes ``out`` as a stand-in
+        that is never written), and both share the arithmetic, so their outputs are equal."""
+
+        @cuda.jit
+        def roi_pool_forward(x, rois, out, argmax, spatial_scale):
+            """One thread per output element: the maximum of its quantized bin (0 if empty)
+            and, with ``save_argmax``, its flat index ``y * W + x`` (-1 if empty)."""
+            n_images, channels, height, width = _dims(x, CL)
+            n_rois, _, pooled_h, pooled_w = _dims(out, CL)
+            total = n_rois * channels * pooled_h * pooled_w
+            for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+                k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w, CL)
+                b = int(rois[k, 0])
+                value = F(0.0)
+                best_y = -1
+                best_x = -1
+                if b >= 0 and b < n_images:  # the guard only: validation has excluded this
+                    h_lo, h_hi, w_lo, w_hi = _pool_bin_pixels(
+                        F, rois, k, spatial_scale, ph, pw, pooled_h, pooled_w, height, width
+                    )
+                    value, best_y, best_x = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi, CL)
+                _put(out, k, c, ph, pw, value, CL)
+                if save_argmax:
+                    index = -1  # an empty bin (or a guarded RoI)
+                    if best_y >= 0:
+                        index = best_y * width + best_x
+                    _put(argmax, k, c, ph, pw, index, CL)
+
+        return roi_pool_forward
+
+    roi_pool_forward = roi_pool_forward_kernel(False)
+    roi_pool_forward_argmax = roi_pool_forward_kernel(True)
 
     @cuda.jit
     def roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale):
@@ -438,21 +465,28 @@ def _kernels(dtype: np.dtype, channels_last: bool = False) -> SimpleNamespace:
             b = int(rois[k, 0])
             if b < 0 or b >= n_images:
                 continue
-            start_y, start_x, bin_h, bin_w = _pool_box(
-                F,
-                rois[k, 1],
-                rois[k, 2],
-                rois[k, 3],
-                rois[k, 4],
-                F(spatial_scale),
-                pooled_h,
-                pooled_w,
+            h_lo, h_hi, w_lo, w_hi = _pool_bin_pixels(
+                F, rois, k, spatial_scale, ph, pw, pooled_h, pooled_w, height, width
             )
-            h_lo, h_hi = _pool_bin(F, ph, bin_h, start_y, height)
-            w_lo, w_hi = _pool_bin(F, pw, bin_w, start_x, width)
             _, best_y, best_x = _pool_argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi, CL)
             if best_y >= 0:
                 _atomic_add(grad_x, b, c, best_y, best_x, _at(grad_out, k, c, ph, pw, CL), CL)
+
+    @cuda.jit
+    def roi_pool_backward_argmax(rois, argmax, grad_out, grad_x):
+        """One thread per grad_output element: an atomic add at the forward's saved argmax
+        (Fast R-CNN eq. 4), no search and no read of x. The bounds test is a guard only
+        (the host validates argmax): a bad index must not write outside its plane."""
+        n_images, channels, height, width = _dims(grad_x, CL)
+        n_rois, _, pooled_h, pooled_w = _dims(grad_out, CL)
+        total = n_rois * channels * pooled_h * pooled_w
+        for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
+            k, c, ph, pw = _unravel(idx, channels, pooled_h, pooled_w, CL)
+            b = int(rois[k, 0])
+            a = _at(argmax, k, c, ph, pw, CL)
+            if b < 0 or b >= n_images or a < 0 or a >= height * width:
+                continue  # -1: an empty bin, which passes no gradient
+            _atomic_add(grad_x, b, c, a // width, a % width, _at(grad_out, k, c, ph, pw, CL), CL)
 
     @cuda.jit
     def box_iou(boxes1, boxes2, iou):
@@ -612,7 +646,9 @@ def _kernels(dtype: np.dtype, channels_last: bool = False) -> SimpleNamespace:
         roi_align_forward=roi_align_forward,
         roi_align_backward=roi_align_backward,
         roi_pool_forward=roi_pool_forward,
+        roi_pool_forward_argmax=roi_pool_forward_argmax,
         roi_pool_backward=roi_pool_backward,
+        roi_pool_backward_argmax=roi_pool_backward_argmax,
         box_iou=box_iou,
         nms_mask=nms_mask,
     )
@@ -661,19 +697,20 @@ def _launch_size(n: int) -> tuple[int, int]:
     return blocks, threads
 
 
-def _roi_arrays(x, rois, out, out_name: str, channels_last: bool = False):
+def _roi_arrays(x, rois, out, out_name: str, channels_last: bool = False, x_name: str = "x"):
     """Device views of x, rois and the pooled array; their shapes and dtypes agree. NCHW:
-    x [N, C, H, W], out [K, C, PH, PW]; channels-last: x [N, H, W, C], out [K, PH, PW, C]."""
-    x = _device(x, "x")
+    x [N, C, H, W], out [K, C, PH, PW]; channels-last: x [N, H, W, C], out [K, PH, PW, C].
+    ``x_name``: the name errors give x (``grad_x`` when it stands in for x)."""
+    x = _device(x, x_name)
     rois = _device(rois, "rois")
     out = _device(out, out_name)
     x_dims, out_dims, axis = ("[N, C, H, W]", "C, PH, PW", 1)
     if channels_last:
         x_dims, out_dims, axis = ("[N, H, W, C]", "PH, PW, C", 3)
     if len(x.shape) != 4:
-        raise ValueError(f"x must have shape {x_dims}, got {tuple(x.shape)}")
+        raise ValueError(f"{x_name} must have shape {x_dims}, got {tuple(x.shape)}")
     if np.dtype(x.dtype) not in FLOAT_DTYPES:
-        raise TypeError(f"x must have dtype float32 or float64, got {np.dtype(x.dtype)}")
+        raise TypeError(f"{x_name} must have dtype float32 or float64, got {np.dtype(x.dtype)}")
     if len(rois.shape) != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must have shape [K, 5], got {tuple(rois.shape)}")
     _check_dtype("rois", rois, x.dtype)
@@ -693,6 +730,17 @@ def _grad_x(grad_x, x):
     _check_dtype("grad_x", grad_x, x.dtype)
     _check_contiguous("grad_x", grad_x)
     return grad_x
+
+
+def _argmax(argmax, shape: tuple, contiguous: bool):
+    """RoIPool's argmax as a device array: int64 of the pooled array's ``shape``. Only its
+    shape and dtype are checked here; its values are the caller's concern."""
+    argmax = _device(argmax, "argmax")
+    _check_shape("argmax", argmax, shape)
+    _check_dtype("argmax", argmax, np.int64)
+    if contiguous:
+        _check_contiguous("argmax", argmax)
+    return argmax
 
 
 def _check_sampling_ratio(sampling_ratio) -> int:
@@ -762,18 +810,26 @@ def _launch_align_backward(
     return grad_x
 
 
-def _launch_pool_forward(x, rois, out, spatial_scale, stream, channels_last):
+def _launch_pool_forward(x, rois, out, argmax, spatial_scale, stream, channels_last):
+    """RoIPool's forward; with ``argmax`` (not None) the kernel that also stores it."""
     x, rois, out = _roi_arrays(x, rois, out, "out", channels_last)
     _check_contiguous("out", out)
+    if argmax is not None:
+        argmax = _argmax(argmax, out.shape, contiguous=True)
     scale = check_spatial_scale(spatial_scale)
     n = math.prod(out.shape)
     if n == 0:
-        return out
+        return out, argmax
     blocks, threads = _launch_size(n)
-    _kernels(x.dtype, channels_last).roi_pool_forward[blocks, threads, stream](
-        x, rois, out, np.float64(scale)
-    )
-    return out
+    kernels = _kernels(x.dtype, channels_last)
+    if argmax is None:
+        # The plain kernel never touches its argmax parameter: out stands in for it.
+        kernels.roi_pool_forward[blocks, threads, stream](x, rois, out, out, np.float64(scale))
+    else:
+        kernels.roi_pool_forward_argmax[blocks, threads, stream](
+            x, rois, out, argmax, np.float64(scale)
+        )
+    return out, argmax
 
 
 def _launch_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream, channels_last):
@@ -786,6 +842,23 @@ def _launch_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream, chan
     blocks, threads = _launch_size(n)
     _kernels(x.dtype, channels_last).roi_pool_backward[blocks, threads, stream](
         x, rois, grad_out, grad_x, np.float64(scale)
+    )
+    return grad_x
+
+
+def _launch_pool_backward_from_argmax(rois, grad_out, argmax, grad_x, stream, channels_last):
+    # grad_x stands in for x: only its shape is needed (the argmax replaces the search).
+    grad_x, rois, grad_out = _roi_arrays(
+        grad_x, rois, grad_out, "grad_out", channels_last, x_name="grad_x"
+    )
+    _check_contiguous("grad_x", grad_x)
+    argmax = _argmax(argmax, grad_out.shape, contiguous=False)
+    n = math.prod(grad_out.shape)
+    if n == 0:
+        return grad_x
+    blocks, threads = _launch_size(n)
+    _kernels(grad_x.dtype, channels_last).roi_pool_backward_argmax[blocks, threads, stream](
+        rois, argmax, grad_out, grad_x
     )
     return grad_x
 
@@ -868,9 +941,10 @@ def launch_roi_pool_forward(x, rois, out, spatial_scale, stream=0):
     """Launch RoIPool's forward (Fast R-CNN sec. 2.1) on device arrays; returns ``out``.
 
     Shapes, dtypes and the caller's validation as :func:`launch_roi_align_forward`. No argmax
-    is stored: the backward recomputes it from ``x``.
+    is stored: the backward recomputes it from ``x`` (for a stored one, see
+    :func:`launch_roi_pool_forward_with_argmax`).
     """
-    return _launch_pool_forward(x, rois, out, spatial_scale, stream, False)
+    return _launch_pool_forward(x, rois, out, None, spatial_scale, stream, False)[0]
 
 
 def launch_roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream=0):
@@ -880,6 +954,36 @@ def launch_roi_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream=0)
     ``x`` is read to recompute each bin's argmax (the first maximum in row-major order).
     """
     return _launch_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream, False)
+
+
+# RoIPool with a saved argmax, as torchvision's CUDA RoIPool: the forward stores where each
+# bin's maximum is, the backward scatters there without reading x or searching the bins
+# again. It costs an int64 array the size of the output, kept from forward to backward.
+
+
+def launch_roi_pool_forward_with_argmax(x, rois, out, argmax, spatial_scale, stream=0):
+    """Launch RoIPool's forward storing the argmax; returns ``(out, argmax)``.
+
+    As :func:`launch_roi_pool_forward` (``out`` is bitwise the same), plus ``argmax``: int64
+    of ``out``'s shape, C-contiguous, overwritten with each bin's flat index ``y * W + x``
+    into its image plane, the first maximum in row-major order (-1 for an empty bin).
+    """
+    return _launch_pool_forward(x, rois, out, argmax, spatial_scale, stream, False)
+
+
+def launch_roi_pool_backward_from_argmax(rois, grad_out, argmax, grad_x, stream=0):
+    """Launch RoIPool's backward from the forward's argmax (Fast R-CNN eq. 4); returns
+    ``grad_x``: ``grad_x[b, c, argmax // W, argmax % W] += grad_out`` per element.
+
+    ``grad_out`` [K, C, PH, PW] (any strides) and ``argmax`` (int64, its shape, any strides)
+    as the forward gave them; ``rois`` [K, 5] and ``grad_x`` [N, C, H, W] (C-contiguous) of
+    grad_out's dtype. ``grad_x`` is **accumulated into** with atomic adds: pass it zeroed.
+    The caller must have validated the rois (as :func:`launch_roi_align_forward`) and the
+    argmax values (in ``[-1, H * W)``, as :func:`refimpl.ops.validate.check_argmax`); an
+    element whose batch index or argmax is out of range is skipped, never written out of
+    bounds.
+    """
+    return _launch_pool_backward_from_argmax(rois, grad_out, argmax, grad_x, stream, False)
 
 
 # --- the same launches on channels-last arrays ----------------------------------------------
@@ -961,13 +1065,26 @@ def launch_roi_warp_backward_nhwc(
 def launch_roi_pool_forward_nhwc(x, rois, out, spatial_scale, stream=0):
     """:func:`launch_roi_pool_forward` on channels-last arrays (as
     :func:`launch_roi_align_forward_nhwc`)."""
-    return _launch_pool_forward(x, rois, out, spatial_scale, stream, True)
+    return _launch_pool_forward(x, rois, out, None, spatial_scale, stream, True)[0]
 
 
 def launch_roi_pool_backward_nhwc(x, rois, grad_out, grad_x, spatial_scale, stream=0):
     """:func:`launch_roi_pool_backward` on channels-last arrays (as
     :func:`launch_roi_align_backward_nhwc`; ``x`` is read to recompute the argmax)."""
     return _launch_pool_backward(x, rois, grad_out, grad_x, spatial_scale, stream, True)
+
+
+def launch_roi_pool_forward_with_argmax_nhwc(x, rois, out, argmax, spatial_scale, stream=0):
+    """:func:`launch_roi_pool_forward_with_argmax` on channels-last arrays: ``x``
+    [N, H, W, C], ``out`` and ``argmax`` [K, PH, PW, C], both C-contiguous (the argmax
+    indices are still ``y * W + x`` within an image plane)."""
+    return _launch_pool_forward(x, rois, out, argmax, spatial_scale, stream, True)
+
+
+def launch_roi_pool_backward_from_argmax_nhwc(rois, grad_out, argmax, grad_x, stream=0):
+    """:func:`launch_roi_pool_backward_from_argmax` on channels-last arrays: ``grad_out`` and
+    ``argmax`` [K, PH, PW, C] (any strides), ``grad_x`` [N, H, W, C], C-contiguous."""
+    return _launch_pool_backward_from_argmax(rois, grad_out, argmax, grad_x, stream, True)
 
 
 def launch_prroi_pool_forward(x, rois, out, spatial_scale, aligned, stream=0):
@@ -1225,16 +1342,32 @@ def roi_warp_backward(
     )
 
 
-def roi_pool_forward(x, rois, output_size, spatial_scale=1.0):
-    """RoIPool (Fast R-CNN sec. 2.1): max over each quantized bin; an empty bin gives 0."""
+def _pool(x, rois, output_size, spatial_scale, save_argmax):
+    """RoIPool's forward on NumPy arrays: ``(y, argmax)``, argmax None unless saved."""
     a = check_roi_args(x, rois, output_size, spatial_scale)
     _require_device()
     shape = (a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w)
     if math.prod(shape) == 0:
-        return np.zeros(shape, a.x.dtype)
+        argmax = np.full(shape, -1, np.int64) if save_argmax else None
+        return np.zeros(shape, a.x.dtype), argmax
     out = cuda.device_array(shape, a.x.dtype)
-    launch_roi_pool_forward(cuda.to_device(a.x), cuda.to_device(a.rois), out, a.spatial_scale)
-    return out.copy_to_host()
+    argmax = cuda.device_array(shape, np.int64) if save_argmax else None
+    _launch_pool_forward(
+        cuda.to_device(a.x), cuda.to_device(a.rois), out, argmax, a.spatial_scale, 0, False
+    )
+    return out.copy_to_host(), None if argmax is None else argmax.copy_to_host()
+
+
+def roi_pool_forward(x, rois, output_size, spatial_scale=1.0):
+    """RoIPool (Fast R-CNN sec. 2.1): max over each quantized bin; an empty bin gives 0."""
+    return _pool(x, rois, output_size, spatial_scale, False)[0]
+
+
+def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
+    """:func:`roi_pool_forward` and the argmax: ``(y, argmax)``, ``argmax [K, C, PH, PW]``
+    int64 flat indices ``y * W + x`` into each image plane (-1 for an empty bin), what
+    :func:`roi_pool_backward_from_argmax` takes (torchvision's CUDA RoIPool saves it so)."""
+    return _pool(x, rois, output_size, spatial_scale, True)
 
 
 def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):
@@ -1250,6 +1383,25 @@ def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):
         cuda.to_device(a.grad_output),
         grad_x,
         a.spatial_scale,
+    )
+    return grad_x.copy_to_host()
+
+
+def roi_pool_backward_from_argmax(x, rois, grad_output, argmax, output_size, spatial_scale=1.0):
+    """The RoIPool backward given the forward's argmax: ``grad_x[argmax] += grad_output``.
+    ``x`` gives only the shape and dtype (it is not copied to the device)."""
+    a = check_roi_args(x, rois, output_size, spatial_scale, grad_output=grad_output)
+    _, _, height, width = a.x.shape
+    argmax = check_argmax(argmax, a.grad_output.shape, height * width)
+    _require_device()
+    if a.grad_output.size == 0:
+        return np.zeros_like(a.x)
+    grad_x = cuda.to_device(np.zeros_like(a.x))
+    launch_roi_pool_backward_from_argmax(
+        cuda.to_device(a.rois),
+        cuda.to_device(a.grad_output),
+        cuda.to_device(np.ascontiguousarray(argmax)),
+        grad_x,
     )
     return grad_x.copy_to_host()
 
@@ -1332,7 +1484,9 @@ __all__ = [
     "launch_roi_align_backward",
     "launch_roi_align_forward",
     "launch_roi_pool_backward",
+    "launch_roi_pool_backward_from_argmax",
     "launch_roi_pool_forward",
+    "launch_roi_pool_forward_with_argmax",
     "launch_roi_warp_backward",
     "launch_roi_warp_forward",
     "nms",
@@ -1343,7 +1497,9 @@ __all__ = [
     "roi_align_backward",
     "roi_align_forward",
     "roi_pool_backward",
+    "roi_pool_backward_from_argmax",
     "roi_pool_forward",
+    "roi_pool_forward_with_argmax",
     "roi_warp_backward",
     "roi_warp_forward",
 ]

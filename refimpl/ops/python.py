@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import geometry as g
-from .validate import RoIArgs, check_boxes, check_nms_args, check_roi_args
+from .validate import RoIArgs, check_argmax, check_boxes, check_nms_args, check_roi_args
 
 Corner = tuple[int, int, object]  # (y, x, weight) of one pixel a sample reads
 Sample = list[Corner] | None  # the four corners of one sampling point; None when outside
@@ -194,15 +194,41 @@ def _pool_argmax(plane: np.ndarray, rows: range, cols: range) -> tuple[int, int]
 
 def roi_pool_forward(x, rois, output_size, spatial_scale=1.0):
     """RoIPool (Fast R-CNN sec. 2.1): max over each quantized bin; an empty bin gives 0."""
+    return roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale)[0]
+
+
+def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
+    """:func:`roi_pool_forward` and where each maximum is: ``(y, argmax)``, ``argmax``
+    [K, C, PH, PW] int64, the flat index ``row * W + col`` in the image plane (-1: empty
+    bin). What a framework saves for the backward, as torchvision's RoIPool does."""
     a = check_roi_args(x, rois, output_size, spatial_scale)
     y = np.zeros((a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w), a.x.dtype)
+    argmax = np.full(y.shape, -1, np.int64)
+    width = a.x.shape[3]
     for k, ph, pw, rows, cols in _pool_bins(a):
         for c in range(a.x.shape[1]):
             plane = a.x[a.batch[k], c]
             best = _pool_argmax(plane, rows, cols)
             if best is not None:
                 y[k, c, ph, pw] = plane[best]
-    return y
+                argmax[k, c, ph, pw] = best[0] * width + best[1]
+    return y, argmax
+
+
+def roi_pool_backward_from_argmax(x, rois, grad_output, argmax, output_size, spatial_scale=1.0):
+    """:func:`roi_pool_backward` through the forward's saved ``argmax``: no search."""
+    a = check_roi_args(x, rois, output_size, spatial_scale, grad_output=grad_output)
+    _, channels, height, width = a.x.shape
+    argmax = check_argmax(argmax, a.grad_output.shape, height * width)
+    grad_x = np.zeros_like(a.x)
+    for k in range(a.rois.shape[0]):
+        for c in range(channels):
+            for ph in range(a.pooled_h):
+                for pw in range(a.pooled_w):
+                    i = argmax[k, c, ph, pw]
+                    if i >= 0:
+                        grad_x[a.batch[k], c, i // width, i % width] += a.grad_output[k, c, ph, pw]
+    return grad_x
 
 
 def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):

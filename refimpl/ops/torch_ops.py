@@ -224,6 +224,57 @@ def _cpu_roi_backward(
     return torch.from_numpy(grad_x).to(grad.dtype)
 
 
+def _cpu_roi_pool_forward(
+    input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale
+) -> tuple[Tensor, Tensor]:
+    """RoIPool on the CPU: ``(output, argmax)``, argmax int64 (flat plane index, -1: empty)."""
+    _check_roi_op(input, rois)
+    dtype = _compute_dtype(input.dtype)
+    y, argmax = _cpu_backend().roi_pool_forward_with_argmax(
+        _to_numpy(input, dtype), _to_numpy(rois, dtype), output_size, spatial_scale
+    )
+    return torch.from_numpy(y).to(input.dtype), torch.from_numpy(argmax)
+
+
+def _check_argmax_tensor(argmax, grad: Tensor) -> None:
+    if not isinstance(argmax, Tensor) or argmax.dtype != torch.int64:
+        raise TypeError(
+            f"argmax must be an int64 torch.Tensor, got "
+            f"{argmax.dtype if isinstance(argmax, Tensor) else type(argmax).__name__}"
+        )
+    if argmax.shape != grad.shape:
+        raise ValueError(
+            f"argmax must have grad's shape {tuple(grad.shape)}, got {tuple(argmax.shape)}"
+        )
+    _check_same_device("grad", grad, argmax=argmax)
+
+
+def _cpu_roi_pool_backward(
+    grad: Tensor,
+    rois: Tensor,
+    argmax: Tensor,
+    input_shape: tuple[int, int, int, int],
+    output_size: tuple[int, int],
+    spatial_scale,
+) -> Tensor:
+    """RoIPool's input gradient on the CPU: a scatter through the forward's argmax (its
+    range is checked by the backend before any write)."""
+    _check_float_tensor("grad", grad, ndim=4)
+    _check_argmax_tensor(argmax, grad)
+    _check_same_device("grad", grad, rois=rois)
+    dtype = _compute_dtype(grad.dtype)
+    x = np.zeros(tuple(input_shape), _NUMPY_DTYPES[dtype])  # shape only: calloc'ed, not filled
+    grad_x = _cpu_backend().roi_pool_backward_from_argmax(
+        x,
+        _to_numpy(rois, dtype),
+        _to_numpy(grad, dtype),
+        argmax.detach().contiguous().numpy(),
+        output_size,
+        spatial_scale,
+    )
+    return torch.from_numpy(grad_x).to(grad.dtype)
+
+
 def _cpu_prroi_backward(
     grad: Tensor, input: Tensor, rois: Tensor, output_size: tuple[int, int], *params
 ) -> tuple[Tensor, Tensor]:
@@ -342,8 +393,16 @@ def _cuda_validate_rois(input_shape, rois: Tensor, dtype: torch.dtype, spatial_s
 
 
 def _cuda_roi_forward(
-    fn: str, input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale, *params
-) -> Tensor:
+    fn: str,
+    input: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, int],
+    spatial_scale,
+    *params,
+    with_argmax: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """A RoI forward on CUDA; ``with_argmax`` (RoIPool): also the argmax, launched as
+    ``(x, rois, out, argmax, spatial_scale)``, returned as ``(output, argmax)``."""
     _check_roi_op(input, rois)
     dtype = _compute_dtype(input.dtype)
     _cuda_validate_rois(input.shape, rois, dtype, spatial_scale)
@@ -357,12 +416,18 @@ def _cuda_roi_forward(
         x = input.detach().to(dtype).contiguous()
         # Every element is written by the kernel (an empty bin writes 0): no memset needed.
         y = torch.empty((r.shape[0], x.shape[1], ph, pw), dtype=dtype, device=x.device)
+    argmax = torch.empty(y.shape, dtype=torch.int64, device=y.device) if with_argmax else None
     if y.numel() > 0:
         with _numba_cuda(x.device) as (as_array, stream):
-            args = (as_array(x), as_array(r), as_array(y), spatial_scale, *params)
-            _cuda_launch(fn, *args, stream=stream, layout=layout)
+            arrays = (x, r, y) if argmax is None else (x, r, y, argmax)
+            _cuda_launch(
+                fn, *map(as_array, arrays), spatial_scale, *params, stream=stream, layout=layout
+            )
     if layout == "channels_last":
         y = _nchw(y)
+        argmax = None if argmax is None else _nchw(argmax)
+    if argmax is not None:
+        return y.to(input.dtype), argmax
     return y.to(input.dtype)
 
 
@@ -403,6 +468,44 @@ def _cuda_roi_backward(
         with _numba_cuda(grad.device) as (as_array, stream):
             args = (as_array(x), as_array(r), as_array(g), as_array(grad_x), spatial_scale)
             _cuda_launch(fn, *args, *params, stream=stream, layout=layout)
+    if layout == "channels_last":
+        grad_x = _nchw(grad_x)
+    return grad_x.to(grad.dtype)
+
+
+def _cuda_roi_pool_backward(
+    grad: Tensor,
+    rois: Tensor,
+    argmax: Tensor,
+    input_shape: tuple[int, int, int, int],
+    spatial_scale,
+) -> Tensor:
+    """RoIPool's input gradient on CUDA: atomic adds through the forward's argmax."""
+    _check_float_tensor("grad", grad, ndim=4)
+    _check_argmax_tensor(argmax, grad)
+    _check_same_device("grad", grad, rois=rois)
+    dtype = _compute_dtype(grad.dtype)
+    _cuda_validate_rois(input_shape, rois, dtype, spatial_scale)
+    n, c, h, w = input_shape
+    if argmax.numel() > 0:
+        # A wrong index would be an atomic add outside grad_x (the kernel also skips them,
+        # so this is about a clear error, not memory safety). One reduction, one sync.
+        lo, hi = torch.aminmax(argmax)
+        if lo.item() < -1 or hi.item() >= h * w:
+            raise ValueError(f"argmax must lie in [-1, {h * w})")
+    layout = _cuda_layout("roi_pool_backward", grad)
+    r = rois.detach().to(dtype).contiguous()
+    g, a = grad.detach().to(dtype), argmax.detach()
+    if layout == "channels_last":
+        g, a = _nhwc(g), _nhwc(a)
+        grad_x = torch.zeros((n, h, w, c), dtype=dtype, device=grad.device)
+    else:
+        g, a = g.contiguous(), a.contiguous()
+        grad_x = torch.zeros((n, c, h, w), dtype=dtype, device=grad.device)
+    if g.numel() > 0:
+        with _numba_cuda(grad.device) as (as_array, stream):
+            arrays = map(as_array, (r, g, a, grad_x))
+            _cuda_launch("roi_pool_backward_from_argmax", *arrays, stream=stream, layout=layout)
     if layout == "channels_last":
         grad_x = _nchw(grad_x)
     return grad_x.to(grad.dtype)
@@ -791,76 +894,82 @@ _roi_warp_op.register_autograd(_roi_warp_backward, setup_context=_roi_warp_setup
 @torch.library.custom_op("refimpl::roi_pool", mutates_args=(), device_types="cpu")
 def _roi_pool_op(
     input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
-) -> Tensor:
-    """RoIPool forward (Fast R-CNN sec. 2.1). Unlike torchvision's, it returns no argmax: the
-    backward finds it again from the input (a second pass, but no int tensor to keep)."""
-    return _cpu_roi_forward(
-        "roi_pool_forward", input, rois, (pooled_height, pooled_width), spatial_scale
-    )
+) -> tuple[Tensor, Tensor]:
+    """RoIPool forward (Fast R-CNN sec. 2.1), as torchvision's operator: ``(output, argmax)``,
+    argmax int64 [K, C, PH, PW], the flat index ``row * W + col`` of each bin's maximum in
+    its image plane (-1 for an empty bin), which the backward scatters through."""
+    return _cpu_roi_pool_forward(input, rois, (pooled_height, pooled_width), spatial_scale)
 
 
 @_roi_pool_op.register_kernel("cuda")
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
     return _cuda_roi_forward(
-        "roi_pool_forward", input, rois, (pooled_height, pooled_width), spatial_scale
+        "roi_pool_forward_with_argmax",
+        input,
+        rois,
+        (pooled_height, pooled_width),
+        spatial_scale,
+        with_argmax=True,
     )
 
 
 @_roi_pool_op.register_fake
 def _(input, rois, spatial_scale, pooled_height, pooled_width):
-    return _fake_roi_forward(input, rois, pooled_height, pooled_width)
+    y = _fake_roi_forward(input, rois, pooled_height, pooled_width)
+    return y, y.new_empty(y.shape, dtype=torch.int64)
 
 
 @torch.library.custom_op("refimpl::roi_pool_backward", mutates_args=(), device_types="cpu")
 def _roi_pool_backward_op(
     grad: Tensor,
-    input: Tensor,
     rois: Tensor,
+    argmax: Tensor,
     spatial_scale: float,
     pooled_height: int,
     pooled_width: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
 ) -> Tensor:
-    """RoIPool's input gradient: each bin's gradient goes to its argmax (Fast R-CNN eq. 4)."""
-    return _cpu_roi_backward(
-        "roi_pool_backward",
+    """RoIPool's input gradient (Fast R-CNN eq. 4): each bin's gradient goes to the pixel
+    its forward's ``argmax`` names. torchvision's ``_roi_pool_backward`` arguments."""
+    return _cpu_roi_pool_backward(
         grad,
-        input,
         rois,
-        tuple(input.shape),
+        argmax,
+        (batch_size, channels, height, width),
         (pooled_height, pooled_width),
         spatial_scale,
     )
 
 
 @_roi_pool_backward_op.register_kernel("cuda")
-def _(grad, input, rois, spatial_scale, pooled_height, pooled_width):
-    return _cuda_roi_backward(
-        "roi_pool_backward",
-        grad,
-        input,
-        rois,
-        tuple(input.shape),
-        (pooled_height, pooled_width),
-        spatial_scale,
+def _(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+      height, width):  # fmt: skip
+    return _cuda_roi_pool_backward(
+        grad, rois, argmax, (batch_size, channels, height, width), spatial_scale
     )
 
 
 @_roi_pool_backward_op.register_fake
-def _(grad, input, rois, spatial_scale, pooled_height, pooled_width):
-    return _fake_roi_backward(grad, *input.shape)
+def _(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+      height, width):  # fmt: skip
+    return _fake_roi_backward(grad, batch_size, channels, height, width)
 
 
 def _roi_pool_setup_context(ctx, inputs, output) -> None:
     input, rois, spatial_scale, ph, pw = inputs
-    ctx.params = (spatial_scale, ph, pw)
-    ctx.save_for_backward(input, rois)
+    ctx.params = (spatial_scale, ph, pw, *input.shape)
+    # The argmax, not the input: the backward is a pure scatter (as torchvision's).
+    ctx.save_for_backward(rois, output[1])
 
 
-def _roi_pool_backward(ctx, grad):
+def _roi_pool_backward(ctx, grad, _grad_argmax):
     if not ctx.needs_input_grad[0]:
         return (None,) * 5
-    input, rois = ctx.saved_tensors
-    grad_input = torch.ops.refimpl.roi_pool_backward.default(grad, input, rois, *ctx.params)
+    rois, argmax = ctx.saved_tensors
+    grad_input = torch.ops.refimpl.roi_pool_backward.default(grad, rois, argmax, *ctx.params)
     return (grad_input,) + (None,) * 4
 
 
@@ -1082,7 +1191,7 @@ def roi_pool(
     """
     rois = _as_rois(boxes, input)
     ph, pw, scale, _ = _roi_params(output_size, spatial_scale)
-    return torch.ops.refimpl.roi_pool.default(input, rois, scale, ph, pw)
+    return torch.ops.refimpl.roi_pool.default(input, rois, scale, ph, pw)[0]
 
 
 def roi_warp(

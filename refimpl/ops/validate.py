@@ -147,6 +147,19 @@ def check_roi_args(
     )
 
 
+def check_argmax(argmax, shape: tuple, plane_size: int) -> np.ndarray:
+    """RoIPool's saved argmax: int64 of the gradient's ``shape``, flat indices ``y * W + x``
+    into an image plane, in ``[-1, plane_size)`` (-1: an empty bin). Checked before a
+    backward scatters through it: an index outside the plane would write outside grad_x."""
+    if not isinstance(argmax, np.ndarray) or argmax.shape != tuple(shape):
+        raise ValueError(f"argmax must be an array of shape {tuple(shape)}")
+    if argmax.dtype != np.int64:
+        raise TypeError(f"argmax must have dtype int64, got {argmax.dtype}")
+    if argmax.size and (argmax.min() < -1 or argmax.max() >= plane_size):
+        raise ValueError(f"argmax must lie in [-1, {plane_size})")
+    return argmax
+
+
 def check_boxes(name: str, boxes) -> np.ndarray:
     """`boxes` is [N, 4] (x1, y1, x2, y2), floating, finite."""
     _check_float_array(name, boxes)

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import geometry as g
-from .validate import RoIArgs, check_boxes, check_nms_args, check_roi_args
+from .validate import RoIArgs, check_argmax, check_boxes, check_nms_args, check_roi_args
 
 # --- RoIAlign / RoIWarp geometry, one RoI at a time ----------------------------------------
 
@@ -414,15 +414,39 @@ def roi_warp_backward(
 
 def roi_pool_forward(x, rois, output_size, spatial_scale=1.0):
     """RoIPool (Fast R-CNN sec. 2.1): max over each quantized bin; an empty bin gives 0."""
+    return roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale)[0]
+
+
+def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
+    """:func:`roi_pool_forward` and the flat index ``row * W + col`` of each maximum in its
+    image plane: ``(y, argmax)``, argmax int64 [K, C, PH, PW], -1 for an empty bin."""
     a = check_roi_args(x, rois, output_size, spatial_scale)
     out = np.zeros((a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w), a.x.dtype)
+    argmax = np.full(out.shape, -1, np.int64)
     padded = _channels_last(a.x, pad=-np.inf)
+    width = a.x.shape[3]
     for k in range(a.rois.shape[0]):
         bins = _pool_bins(a, padded, k)
         if bins is not None:
-            value = np.where(bins.empty[..., None], 0, bins.pixels.max(axis=2))
-            out[k] = value.transpose(2, 0, 1)
-    return out
+            row, col = _argmax_in_bin(bins.pixels, bins.rows.shape[1], bins.cols.shape[1])
+            empty = bins.empty[..., None]
+            out[k] = np.where(empty, 0, bins.pixels.max(axis=2)).transpose(2, 0, 1)
+            flat = bins.rows.take(row) * width + bins.cols.take(col)
+            argmax[k] = np.where(empty, -1, flat).transpose(2, 0, 1)
+    return out, argmax
+
+
+def roi_pool_backward_from_argmax(x, rois, grad_output, argmax, output_size, spatial_scale=1.0):
+    """:func:`roi_pool_backward` through the forward's saved ``argmax``: one scatter."""
+    a = check_roi_args(x, rois, output_size, spatial_scale, grad_output=grad_output)
+    n, channels, height, width = a.x.shape
+    argmax = check_argmax(argmax, a.grad_output.shape, height * width)
+    grad_x = np.zeros(n * channels * height * width, a.x.dtype)
+    keep = argmax >= 0
+    # flat index into grad_x [N, C, H, W] of every bin's winner; bins share winners: add.at
+    plane = a.batch[:, None, None, None] * channels + np.arange(channels)[:, None, None]
+    np.add.at(grad_x, (plane * (height * width) + argmax)[keep], a.grad_output[keep])
+    return grad_x.reshape(a.x.shape)
 
 
 def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):

@@ -21,15 +21,11 @@ import pytest
 
 from refimpl.ops import BACKENDS
 from tests.conftest import assert_close
+from tests.cuda.device import require_device
 
 pytestmark = pytest.mark.cudasim
 
-numba_cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-if not numba_cuda.is_available():
-    pytest.skip(
-        "no CUDA device: run with NUMBA_ENABLE_CUDASIM=1 (in its own process) or on a GPU",
-        allow_module_level=True,
-    )
+numba_cuda = require_device()
 
 from numba import config  # noqa: E402
 
@@ -143,7 +139,8 @@ def test_ties_go_to_the_first_maximum(op, params):
 
 
 def test_same_signatures_as_nchw():
-    assert len(NHWC_LAUNCHES) == 6  # roi_align, roi_warp, roi_pool x forward, backward
+    # roi_align, roi_warp, roi_pool, roi_pool with argmax x forward, backward
+    assert len(NHWC_LAUNCHES) == 8
     for name in NHWC_LAUNCHES:
         nchw = getattr(cu, name.removesuffix("_nhwc"))
         assert inspect.signature(getattr(cl, name)) == inspect.signature(nchw), name

@@ -18,16 +18,12 @@ import pytest
 
 from refimpl.ops import BACKENDS
 from tests.conftest import assert_close
+from tests.cuda.device import require_device
 from tests.fixtures.oracle import load_cases
 
 pytestmark = pytest.mark.cudasim
 
-numba_cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-if not numba_cuda.is_available():
-    pytest.skip(
-        "no CUDA device: run with NUMBA_ENABLE_CUDASIM=1 (in its own process) or on a GPU",
-        allow_module_level=True,
-    )
+numba_cuda = require_device()
 
 cu = BACKENDS["cuda"]
 py = BACKENDS["python"]

@@ -20,15 +20,11 @@ import pytest
 import torch
 
 from refimpl.ops import torch_ops as T
+from tests.cuda.device import require_device
 
 pytestmark = pytest.mark.cudasim
 
-numba_cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-if not numba_cuda.is_available():
-    pytest.skip(
-        "no CUDA device: run with NUMBA_ENABLE_CUDASIM=1 (in its own process) or on a GPU",
-        allow_module_level=True,
-    )
+numba_cuda = require_device()
 from numba import config  # noqa: E402
 
 if not config.ENABLE_CUDASIM:
@@ -200,3 +196,29 @@ def test_nms_and_box_iou_cuda_path_match_cpu(dtype):
     with pytest.raises(ValueError, match=r"boxes2.*finite"):
         T._cuda_box_iou(boxes, bad)
     assert np.isnan(T._cuda_box_iou(boxes[:1] * 0, boxes[:1] * 0).item())  # 0 / 0, as torchvision
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_roi_pool_argmax_cuda_path_matches_cpu(dtype, layout, monkeypatch):
+    """The CUDA kernels of refimpl::roi_pool (forward with argmax) and its backward (a
+    scatter through the argmax) give the CPU operators' (output, argmax) and gradient."""
+    monkeypatch.setattr(T, "CUDA_LAYOUT", layout)
+    x, rois, grad = _inputs(dtype)
+    y_cpu, argmax_cpu = torch.ops.refimpl.roi_pool.default(x, rois, SCALE, *OUT)
+    shape = tuple(x.shape)
+    g_cpu = torch.ops.refimpl.roi_pool_backward.default(grad, rois, argmax_cpu, SCALE, *OUT, *shape)
+    y, argmax = T._cuda_roi_forward(
+        "roi_pool_forward_with_argmax", x, rois, OUT, SCALE, with_argmax=True
+    )
+    torch.testing.assert_close(y, y_cpu, rtol=0, atol=0)
+    assert argmax.dtype == torch.int64 and torch.equal(argmax, argmax_cpu)
+    assert y.is_contiguous() and argmax.is_contiguous()
+    g = T._cuda_roi_pool_backward(grad, rois, argmax, shape, SCALE)
+    torch.testing.assert_close(g, g_cpu)
+    bad = argmax.clone()
+    bad[0, 0, 0, 0] = x.shape[2] * x.shape[3]
+    with pytest.raises(ValueError, match="argmax must lie in"):
+        T._cuda_roi_pool_backward(grad, rois, bad, shape, SCALE)
+    with pytest.raises(TypeError, match="argmax must be an int64"):
+        T._cuda_roi_pool_backward(grad, rois, argmax.float(), shape, SCALE)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from refimpl.ops import BACKENDS
 from refimpl.ops import torch_ops as T
 from refimpl.ops.modules import (
     LevelMapper,
@@ -114,7 +115,8 @@ def _backward_op_args(name, x, rois, grad):
             mode,
         )
     if name == "pool":
-        return ops.roi_pool_backward.default, (grad, x, rois, 0.5, ph, pw)
+        _, argmax = ops.roi_pool.default(x, rois, 0.5, ph, pw)
+        return ops.roi_pool_backward.default, (grad, rois, argmax, 0.5, ph, pw, n, c, h, w)
     scale, sr, mode = ROI_FUNCS[name][1]
     saved = x if mode == "max" else None
     return ops.roi_warp_backward.default, (grad, saved, rois, scale, ph, pw, n, c, h, w, sr, mode)
@@ -187,6 +189,44 @@ def test_boxes_get_no_gradient_and_avg_keeps_no_input():
     assert [t.shape for t in y_max.grad_fn.saved_tensors] == [x.shape, rois.shape]
     (y.sum() + y_max.sum()).backward()
     assert x.grad is not None and rois.grad is None
+
+
+def test_roi_pool_saves_its_argmax_as_torchvision():
+    """refimpl::roi_pool returns (output, argmax) and its backward scatters through the
+    argmax (torchvision's operator signatures): autograd keeps the argmax, not the input."""
+    x = _x().requires_grad_(True)
+    rois = _rois(scale=0.5)
+    y, argmax = ops.roi_pool.default(x, rois, 0.5, *OUT)
+    py = BACKENDS["python"]
+    y_ref, argmax_ref = py.roi_pool_forward_with_argmax(x.detach().numpy(), rois.numpy(), OUT, 0.5)
+    torch.testing.assert_close(y, torch.from_numpy(y_ref), rtol=0, atol=0)
+    assert argmax.dtype == torch.int64 and torch.equal(argmax, torch.from_numpy(argmax_ref))
+    assert (argmax >= 0).all()  # these boxes have no empty bin
+    saved = T.roi_pool(x, rois, OUT, 0.5).grad_fn.saved_tensors
+    assert [t.dtype for t in saved] == [rois.dtype, torch.int64]  # rois and argmax, no input
+    grad = torch.randn_like(y)
+    n, c, h, w = x.shape
+    g = ops.roi_pool_backward.default(grad, rois, argmax, 0.5, *OUT, n, c, h, w)
+    g_ref = py.roi_pool_backward(x.detach().numpy(), rois.numpy(), grad.numpy(), OUT, 0.5)
+    torch.testing.assert_close(g, torch.from_numpy(g_ref))
+
+
+def test_roi_pool_backward_checks_the_argmax():
+    x, rois = _x(), _rois(scale=0.5)
+    _, argmax = ops.roi_pool.default(x, rois, 0.5, *OUT)
+    grad = torch.ones(argmax.shape, dtype=x.dtype)
+    args = (0.5, *OUT, *x.shape)
+    bad = argmax.clone()
+    bad[0, 0, 0, 0] = x.shape[2] * x.shape[3]  # one past the plane: a write outside grad_x
+    with pytest.raises(ValueError, match=r"argmax must lie in \[-1, 56\)"):
+        ops.roi_pool_backward.default(grad, rois, bad, *args)
+    bad[0, 0, 0, 0] = -2
+    with pytest.raises(ValueError, match="argmax must lie in"):
+        ops.roi_pool_backward.default(grad, rois, bad, *args)
+    with pytest.raises(TypeError, match="argmax must be an int64"):
+        ops.roi_pool_backward.default(grad, rois, argmax.int(), *args)
+    with pytest.raises(ValueError, match="argmax must have grad's shape"):
+        ops.roi_pool_backward.default(grad, rois, argmax[:1], *args)
 
 
 def test_backward_without_input_grad_is_skipped():
