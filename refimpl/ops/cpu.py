@@ -46,7 +46,14 @@ import numpy as np
 from numba import njit, prange
 
 from . import geometry as g
-from .validate import RoIArgs, check_argmax, check_boxes, check_nms_args, check_roi_args
+from .validate import (
+    RoIArgs,
+    argmax_range_error,
+    check_argmax,
+    check_boxes,
+    check_nms_args,
+    check_roi_args,
+)
 
 # error_model="numpy": float division by zero gives inf/NaN as in C (box_iou's 0 / 0 = NaN)
 # instead of raising, and the kernels carry no division checks.
@@ -504,16 +511,24 @@ def _pool_forward(F, x_cl, rois, batch, scale, height, width, out, argmax):
 @njit(**_PJIT)
 def _pool_scatter(batch, argmax, grad, grad_x):
     """``grad_x[b, c, argmax] += grad`` for every bin: the backward when the forward's argmax
-    is at hand. Race-free: each thread owns whole channels (planes of every image)."""
+    is at hand. Race-free: each thread owns whole channels (planes of every image).
+
+    Returns how many indices lie outside ``[-1, H * W)``: they are skipped (no write outside
+    the plane) and the caller raises, which spares two validation passes over the argmax."""
     n_rois, channels, pooled_h, pooled_w = grad.shape
+    plane_size = grad_x.shape[2]
+    bad = 0
     for c in prange(channels):
         for k in range(n_rois):
             plane = grad_x[batch[k], c]
             for ph in range(pooled_h):
                 for pw in range(pooled_w):
                     index = argmax[k, c, ph, pw]
-                    if index >= 0:
+                    if index >= 0 and index < plane_size:
                         plane[index] += grad[k, c, ph, pw]
+                    elif index != -1:
+                        bad += 1
+    return bad
 
 
 @njit(**_PJIT)
@@ -928,16 +943,18 @@ def roi_pool_backward_from_argmax(x, rois, grad_output, argmax, output_size, spa
     """The RoIPool backward given the forward's argmax: ``grad_x[argmax] += grad_output``."""
     a = check_roi_args(x, rois, output_size, spatial_scale, grad_output=grad_output)
     n, channels, height, width = a.x.shape
-    argmax = check_argmax(argmax, a.grad_output.shape, height * width)
+    argmax = check_argmax(argmax, a.grad_output.shape, height * width, check_range=False)
     grad_x = np.zeros_like(a.x)
     with _threads_for(_roi_work(a)):
         if a.rois.shape[0]:
-            _pool_scatter(
+            bad = _pool_scatter(
                 a.batch,
                 np.ascontiguousarray(argmax),
                 a.grad_output,
                 grad_x.reshape(n, channels, height * width),
             )
+            if bad:
+                raise argmax_range_error(height * width)
     return grad_x
 
 

@@ -147,17 +147,23 @@ def check_roi_args(
     )
 
 
-def check_argmax(argmax, shape: tuple, plane_size: int) -> np.ndarray:
+def check_argmax(argmax, shape: tuple, plane_size: int, check_range: bool = True) -> np.ndarray:
     """RoIPool's saved argmax: int64 of the gradient's ``shape``, flat indices ``y * W + x``
     into an image plane, in ``[-1, plane_size)`` (-1: an empty bin). Checked before a
-    backward scatters through it: an index outside the plane would write outside grad_x."""
+    backward scatters through it: an index outside the plane would write outside grad_x.
+    ``check_range=False`` leaves the range to a kernel that skips and counts bad indices
+    while it scatters (then raises :func:`argmax_range_error`): one pass instead of three."""
     if not isinstance(argmax, np.ndarray) or argmax.shape != tuple(shape):
         raise ValueError(f"argmax must be an array of shape {tuple(shape)}")
     if argmax.dtype != np.int64:
         raise TypeError(f"argmax must have dtype int64, got {argmax.dtype}")
-    if argmax.size and (argmax.min() < -1 or argmax.max() >= plane_size):
-        raise ValueError(f"argmax must lie in [-1, {plane_size})")
+    if check_range and argmax.size and (argmax.min() < -1 or argmax.max() >= plane_size):
+        raise argmax_range_error(plane_size)
     return argmax
+
+
+def argmax_range_error(plane_size: int) -> ValueError:
+    return ValueError(f"argmax must lie in [-1, {plane_size})")
 
 
 def check_boxes(name: str, boxes) -> np.ndarray:
