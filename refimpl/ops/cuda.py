@@ -190,12 +190,14 @@ def _bilinear_scatter(F, grad_x, b, c, y, xx, height, width, share, cl):
 
 
 @cuda.jit(device=True)
-def _max_sample(F, x, b, c, ph, pw, start_y, start_x, bin_h, bin_w, grid_h, grid_w, h, w, cl):
+def _max_sample(F, x, b, c, ph, pw, grid, h, w, cl):
     """The bin's largest sample: ``(value, iy, ix)``, ``iy = -1`` for an empty grid.
+    ``grid``: ``(start_y, start_x, bin_h, bin_w, grid_h, grid_w)`` from :func:`_roi_grid`.
 
     An outside sample counts as 0; the first maximum wins (``>``), iterating iy then ix.
     The backward calls this too, recomputing the argmax from ``x`` instead of storing it.
     """
+    start_y, start_x, bin_h, bin_w, grid_h, grid_w = grid
     best = F(0.0)
     best_iy = -1
     best_ix = -1
@@ -332,23 +334,8 @@ def _kernels(dtype: np.dtype, channels_last: bool = False) -> SimpleNamespace:
                 F, rois, k, spatial_scale, aligned, quantize, pooled_h, pooled_w, sampling_ratio
             )
             if max_mode:
-                value, _, _ = _max_sample(
-                    F,
-                    x,
-                    b,
-                    c,
-                    ph,
-                    pw,
-                    start_y,
-                    start_x,
-                    bin_h,
-                    bin_w,
-                    grid_h,
-                    grid_w,
-                    height,
-                    width,
-                    CL,
-                )
+                grid = (start_y, start_x, bin_h, bin_w, grid_h, grid_w)
+                value, _, _ = _max_sample(F, x, b, c, ph, pw, grid, height, width, CL)
                 _put(out, k, c, ph, pw, value, CL)
             else:
                 acc = F(0.0)
@@ -388,23 +375,8 @@ def _kernels(dtype: np.dtype, channels_last: bool = False) -> SimpleNamespace:
             grad = _at(grad_out, k, c, ph, pw, CL)
             if max_mode:
                 # The gradient of a max goes, undivided, to the winning sample only.
-                _, best_iy, best_ix = _max_sample(
-                    F,
-                    x,
-                    b,
-                    c,
-                    ph,
-                    pw,
-                    start_y,
-                    start_x,
-                    bin_h,
-                    bin_w,
-                    grid_h,
-                    grid_w,
-                    height,
-                    width,
-                    CL,
-                )
+                grid = (start_y, start_x, bin_h, bin_w, grid_h, grid_w)
+                _, best_iy, best_ix = _max_sample(F, x, b, c, ph, pw, grid, height, width, CL)
                 if best_iy >= 0:
                     y = _sample_coord(F, start_y, bin_h, ph, best_iy, grid_h)
                     xx = _sample_coord(F, start_x, bin_w, pw, best_ix, grid_w)
