@@ -721,9 +721,11 @@ def _check_sampling_ratio(sampling_ratio) -> int:
     return int(sampling_ratio)
 
 
-def _launch_align_forward(
-    x, rois, out, spatial_scale, sampling_ratio, aligned, mode, quantize, stream, channels_last
-):
+def _launch_align_forward(arrays, params, quantize, stream, channels_last):
+    """RoIAlign / RoIWarp forward: ``arrays = (x, rois, out)``, ``params = (spatial_scale,
+    sampling_ratio, aligned, pool_mode)``; ``quantize``: RoIWarp's rounding of the box."""
+    x, rois, out = arrays
+    spatial_scale, sampling_ratio, aligned, mode = params
     x, rois, out = _roi_arrays(x, rois, out, "out", channels_last)
     _check_contiguous("out", out)
     scale = check_spatial_scale(spatial_scale)
@@ -746,19 +748,11 @@ def _launch_align_forward(
     return out
 
 
-def _launch_align_backward(
-    x,
-    rois,
-    grad_out,
-    grad_x,
-    spatial_scale,
-    sampling_ratio,
-    aligned,
-    mode,
-    quantize,
-    stream,
-    channels_last,
-):
+def _launch_align_backward(arrays, params, quantize, stream, channels_last):
+    """The backward of :func:`_launch_align_forward`: ``arrays = (x, rois, grad_out,
+    grad_x)``, ``params`` as the forward's."""
+    x, rois, grad_out, grad_x = arrays
+    spatial_scale, sampling_ratio, aligned, mode = params
     x, rois, grad_out = _roi_arrays(x, rois, grad_out, "grad_out", channels_last)
     grad_x = _grad_x(grad_x, x)
     scale = check_spatial_scale(spatial_scale)
@@ -850,7 +844,7 @@ def launch_roi_align_forward(
     torch, ``cuda.external_stream(torch.cuda.current_stream().cuda_stream)``).
     """
     return _launch_align_forward(
-        x, rois, out, spatial_scale, sampling_ratio, aligned, pool_mode, False, stream, False
+        (x, rois, out), (spatial_scale, sampling_ratio, aligned, pool_mode), False, stream, False
     )
 
 
@@ -864,19 +858,8 @@ def launch_roi_align_backward(
     **accumulated into** with atomic adds: pass it zeroed. ``x`` is read only in max mode
     (the argmax is recomputed), but its shape and dtype are always required.
     """
-    return _launch_align_backward(
-        x,
-        rois,
-        grad_out,
-        grad_x,
-        spatial_scale,
-        sampling_ratio,
-        aligned,
-        pool_mode,
-        False,
-        stream,
-        False,
-    )
+    params = (spatial_scale, sampling_ratio, aligned, pool_mode)
+    return _launch_align_backward((x, rois, grad_out, grad_x), params, False, stream, False)
 
 
 def launch_roi_warp_forward(x, rois, out, spatial_scale, sampling_ratio, pool_mode="max", stream=0):
@@ -886,7 +869,7 @@ def launch_roi_warp_forward(x, rois, out, spatial_scale, sampling_ratio, pool_mo
     rounded in the kernel: pass the original ``rois``.
     """
     return _launch_align_forward(
-        x, rois, out, spatial_scale, sampling_ratio, False, pool_mode, True, stream, False
+        (x, rois, out), (spatial_scale, sampling_ratio, False, pool_mode), True, stream, False
     )
 
 
@@ -894,19 +877,8 @@ def launch_roi_warp_backward(
     x, rois, grad_out, grad_x, spatial_scale, sampling_ratio, pool_mode="max", stream=0
 ):
     """Launch RoIWarp's backward; contract as :func:`launch_roi_align_backward`."""
-    return _launch_align_backward(
-        x,
-        rois,
-        grad_out,
-        grad_x,
-        spatial_scale,
-        sampling_ratio,
-        False,
-        pool_mode,
-        True,
-        stream,
-        False,
-    )
+    params = (spatial_scale, sampling_ratio, False, pool_mode)
+    return _launch_align_backward((x, rois, grad_out, grad_x), params, True, stream, False)
 
 
 def launch_roi_pool_forward(x, rois, out, spatial_scale, stream=0):
@@ -979,7 +951,7 @@ def launch_roi_align_forward_nhwc(
     """:func:`launch_roi_align_forward` on channels-last arrays: ``x`` [N, H, W, C] (any
     strides; C-contiguous is the fast case), ``out`` [K, PH, PW, C], C-contiguous."""
     return _launch_align_forward(
-        x, rois, out, spatial_scale, sampling_ratio, aligned, pool_mode, False, stream, True
+        (x, rois, out), (spatial_scale, sampling_ratio, aligned, pool_mode), False, stream, True
     )
 
 
@@ -989,19 +961,8 @@ def launch_roi_align_backward_nhwc(
     """:func:`launch_roi_align_backward` on channels-last arrays: ``grad_out`` [K, PH, PW, C]
     (any strides, e.g. a permuted view of an NCHW gradient), ``grad_x`` [N, H, W, C],
     C-contiguous, accumulated into (pass it zeroed); in avg mode it may stand in for ``x``."""
-    return _launch_align_backward(
-        x,
-        rois,
-        grad_out,
-        grad_x,
-        spatial_scale,
-        sampling_ratio,
-        aligned,
-        pool_mode,
-        False,
-        stream,
-        True,
-    )
+    params = (spatial_scale, sampling_ratio, aligned, pool_mode)
+    return _launch_align_backward((x, rois, grad_out, grad_x), params, False, stream, True)
 
 
 def launch_roi_warp_forward_nhwc(
@@ -1010,7 +971,7 @@ def launch_roi_warp_forward_nhwc(
     """:func:`launch_roi_warp_forward` on channels-last arrays (as
     :func:`launch_roi_align_forward_nhwc`)."""
     return _launch_align_forward(
-        x, rois, out, spatial_scale, sampling_ratio, False, pool_mode, True, stream, True
+        (x, rois, out), (spatial_scale, sampling_ratio, False, pool_mode), True, stream, True
     )
 
 
@@ -1019,19 +980,8 @@ def launch_roi_warp_backward_nhwc(
 ):
     """:func:`launch_roi_warp_backward` on channels-last arrays (as
     :func:`launch_roi_align_backward_nhwc`)."""
-    return _launch_align_backward(
-        x,
-        rois,
-        grad_out,
-        grad_x,
-        spatial_scale,
-        sampling_ratio,
-        False,
-        pool_mode,
-        True,
-        stream,
-        True,
-    )
+    params = (spatial_scale, sampling_ratio, False, pool_mode)
+    return _launch_align_backward((x, rois, grad_out, grad_x), params, True, stream, True)
 
 
 def launch_roi_pool_forward_nhwc(x, rois, out, spatial_scale, stream=0):
@@ -1230,40 +1180,20 @@ def _align(
     )
     _require_device()
     n_rois, channels = a.rois.shape[0], a.x.shape[1]
+    params = (a.spatial_scale, a.sampling_ratio, a.aligned, a.pool_mode)
     if grad_output is None:
         shape = (n_rois, channels, a.pooled_h, a.pooled_w)
         if n_rois == 0 or channels == 0:
             return np.zeros(shape, a.x.dtype)
         out = cuda.device_array(shape, a.x.dtype)
-        _launch_align_forward(
-            cuda.to_device(a.x),
-            cuda.to_device(a.rois),
-            out,
-            a.spatial_scale,
-            a.sampling_ratio,
-            a.aligned,
-            a.pool_mode,
-            quantize,
-            0,
-            False,
-        )
+        arrays = (cuda.to_device(a.x), cuda.to_device(a.rois), out)
+        _launch_align_forward(arrays, params, quantize, 0, False)
         return out.copy_to_host()
     if n_rois == 0 or channels == 0:
         return np.zeros_like(a.x)
     grad_x = cuda.to_device(np.zeros_like(a.x))
-    _launch_align_backward(
-        cuda.to_device(a.x),
-        cuda.to_device(a.rois),
-        cuda.to_device(a.grad_output),
-        grad_x,
-        a.spatial_scale,
-        a.sampling_ratio,
-        a.aligned,
-        a.pool_mode,
-        quantize,
-        0,
-        False,
-    )
+    arrays = (cuda.to_device(a.x), cuda.to_device(a.rois), cuda.to_device(a.grad_output), grad_x)
+    _launch_align_backward(arrays, params, quantize, 0, False)
     return grad_x.copy_to_host()
 
 
