@@ -379,9 +379,32 @@ def _nhwc(t: Tensor) -> Tensor:
     return t.permute(0, 2, 3, 1)
 
 
-def _nchw(t: Tensor) -> Tensor:
-    """An [N, H, W, C] tensor back as an NCHW-contiguous [N, C, H, W] tensor (a copy)."""
-    return t.permute(0, 3, 1, 2).contiguous()
+def _kernel_input(t: Tensor, dtype: torch.dtype, layout: str) -> Tensor:
+    """A feature map as the kernels of ``layout`` read it fast: NCHW-contiguous, or the
+    [N, H, W, C] view of a channels-last copy (no copy when it already is one)."""
+    t = t.detach().to(dtype)
+    if layout == "channels_last":
+        return _nhwc(t.contiguous(memory_format=torch.channels_last))
+    return t.contiguous()
+
+
+def _kernel_view(t: Tensor, layout: str) -> Tensor:
+    """A pooled-shaped tensor the kernels read once (grad_output, argmax): channels-last, its
+    [K, PH, PW, C] view with any strides; NCHW, contiguous."""
+    return _nhwc(t) if layout == "channels_last" else t.contiguous()
+
+
+def _kernel_buffer(nchw_shape, dtype: torch.dtype, device, layout: str, zero: bool) -> Tensor:
+    """An output buffer of NCHW shape ``nchw_shape`` in the kernels' layout; ``zero`` for one
+    that is accumulated into with atomic adds."""
+    n, c, h, w = nchw_shape
+    shape = (n, h, w, c) if layout == "channels_last" else (n, c, h, w)
+    return (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
+
+
+def _from_kernel(t: Tensor, layout: str) -> Tensor:
+    """A kernel's output back as an NCHW-contiguous tensor (a copy from channels-last)."""
+    return t.permute(0, 3, 1, 2).contiguous() if layout == "channels_last" else t
 
 
 def _cuda_validate_rois(input_shape, rois: Tensor, dtype: torch.dtype, spatial_scale) -> None:
@@ -409,26 +432,20 @@ def _cuda_roi_forward(
     ph, pw = check_output_size(output_size)
     layout = _cuda_layout(fn, input)
     r = rois.detach().to(dtype).contiguous()
-    if layout == "channels_last":
-        x = _nhwc(input.detach().to(dtype).contiguous(memory_format=torch.channels_last))
-        y = torch.empty((r.shape[0], ph, pw, x.shape[3]), dtype=dtype, device=x.device)
-    else:
-        x = input.detach().to(dtype).contiguous()
-        # Every element is written by the kernel (an empty bin writes 0): no memset needed.
-        y = torch.empty((r.shape[0], x.shape[1], ph, pw), dtype=dtype, device=x.device)
-    argmax = torch.empty(y.shape, dtype=torch.int64, device=y.device) if with_argmax else None
+    x = _kernel_input(input, dtype, layout)
+    shape = (r.shape[0], input.shape[1], ph, pw)
+    # Every element is written by the kernel (an empty bin writes 0): no memset needed.
+    y = _kernel_buffer(shape, dtype, x.device, layout, zero=False)
+    arrays = (x, r, y)
+    if with_argmax:
+        arrays += (_kernel_buffer(shape, torch.int64, x.device, layout, zero=False),)
     if y.numel() > 0:
         with _numba_cuda(x.device) as (as_array, stream):
-            arrays = (x, r, y) if argmax is None else (x, r, y, argmax)
             _cuda_launch(
                 fn, *map(as_array, arrays), spatial_scale, *params, stream=stream, layout=layout
             )
-    if layout == "channels_last":
-        y = _nchw(y)
-        argmax = None if argmax is None else _nchw(argmax)
-    if argmax is not None:
-        return y.to(input.dtype), argmax
-    return y.to(input.dtype)
+    y = _from_kernel(y, layout).to(input.dtype)
+    return (y, _from_kernel(arrays[3], layout)) if with_argmax else y
 
 
 def _cuda_roi_backward(
@@ -448,29 +465,17 @@ def _cuda_roi_backward(
     _cuda_validate_rois(input_shape, rois, dtype, spatial_scale)
     layout = _cuda_layout(fn, grad)
     r = rois.detach().to(dtype).contiguous()
-    n, c, h, w = input_shape
-    if layout == "channels_last":
-        g = _nhwc(grad.detach().to(dtype))  # any strides: the kernel reads it once
-        # Accumulated into with atomic adds (bins and RoIs overlap): it must start at zero.
-        grad_x = torch.zeros((n, h, w, c), dtype=dtype, device=grad.device)
-    else:
-        g = grad.detach().to(dtype).contiguous()
-        grad_x = torch.zeros((n, c, h, w), dtype=dtype, device=grad.device)
+    g = _kernel_view(grad.detach().to(dtype), layout)
+    # Accumulated into with atomic adds (bins and RoIs overlap): it must start at zero.
+    grad_x = _kernel_buffer(input_shape, dtype, grad.device, layout, zero=True)
     if g.numel() > 0:
         # The average modes read only x's shape and dtype (documented by the launch API):
         # grad_x has both, and stands in for the input that autograd did not keep.
-        if input is None:
-            x = grad_x
-        elif layout == "channels_last":
-            x = _nhwc(input.detach().to(dtype).contiguous(memory_format=torch.channels_last))
-        else:
-            x = input.detach().to(dtype).contiguous()
+        x = grad_x if input is None else _kernel_input(input, dtype, layout)
         with _numba_cuda(grad.device) as (as_array, stream):
             args = (as_array(x), as_array(r), as_array(g), as_array(grad_x), spatial_scale)
             _cuda_launch(fn, *args, *params, stream=stream, layout=layout)
-    if layout == "channels_last":
-        grad_x = _nchw(grad_x)
-    return grad_x.to(grad.dtype)
+    return _from_kernel(grad_x, layout).to(grad.dtype)
 
 
 def _cuda_roi_pool_backward(
@@ -486,7 +491,7 @@ def _cuda_roi_pool_backward(
     _check_same_device("grad", grad, rois=rois)
     dtype = _compute_dtype(grad.dtype)
     _cuda_validate_rois(input_shape, rois, dtype, spatial_scale)
-    n, c, h, w = input_shape
+    _, _, h, w = input_shape
     if argmax.numel() > 0:
         # A wrong index would be an atomic add outside grad_x (the kernel also skips them,
         # so this is about a clear error, not memory safety). One reduction, one sync.
@@ -495,20 +500,14 @@ def _cuda_roi_pool_backward(
             raise ValueError(f"argmax must lie in [-1, {h * w})")
     layout = _cuda_layout("roi_pool_backward", grad)
     r = rois.detach().to(dtype).contiguous()
-    g, a = grad.detach().to(dtype), argmax.detach()
-    if layout == "channels_last":
-        g, a = _nhwc(g), _nhwc(a)
-        grad_x = torch.zeros((n, h, w, c), dtype=dtype, device=grad.device)
-    else:
-        g, a = g.contiguous(), a.contiguous()
-        grad_x = torch.zeros((n, c, h, w), dtype=dtype, device=grad.device)
+    g = _kernel_view(grad.detach().to(dtype), layout)
+    a = _kernel_view(argmax.detach(), layout)
+    grad_x = _kernel_buffer(input_shape, dtype, grad.device, layout, zero=True)
     if g.numel() > 0:
         with _numba_cuda(grad.device) as (as_array, stream):
             arrays = map(as_array, (r, g, a, grad_x))
             _cuda_launch("roi_pool_backward_from_argmax", *arrays, stream=stream, layout=layout)
-    if layout == "channels_last":
-        grad_x = _nchw(grad_x)
-    return grad_x.to(grad.dtype)
+    return _from_kernel(grad_x, layout).to(grad.dtype)
 
 
 def _cuda_prroi_backward(
