@@ -307,12 +307,10 @@ class GpuRow:
     peak_fraction: float | None
 
 
-def _check_outputs(op: str, w: GpuWorkload, data) -> None:
+def _check_outputs(op: str, calls: dict, results: dict) -> None:
     """Every candidate's forward and backward agree with torchvision's before any timing."""
     import torch
 
-    calls = _calls(op, w, data)
-    results = calls.pop("results")
     ref = {d: calls[d]["torchvision"]() for d in ("forward", "backward")}
     ref["forward"] = ref["forward"][0] if op == "roi_pool" else ref["forward"]
     for direction, candidates in calls.items():
@@ -332,14 +330,14 @@ def bench_gpu(workloads, repeats: int, peak_gbs: float | None, log=print) -> lis
         data = w.make()
         traffic = traffic_bytes(w, data[1])
         for op in ("roi_align", "roi_pool"):
-            _check_outputs(op, w, data)
-            all_calls = _calls(op, w, data)
-            del all_calls["results"]
-            for direction, calls in all_calls.items():
-                for fn in calls.values():  # warm-up: compilation, allocator, clocks
+            calls = _calls(op, w, data)
+            results = calls.pop("results")
+            _check_outputs(op, calls, results)  # also the warm-up of compilation
+            for direction, candidates in calls.items():
+                for fn in candidates.values():  # warm-up: allocator, clocks
                     for _ in range(3):
                         fn()
-                times = time_cuda_events(calls, repeats)
+                times = time_cuda_events(candidates, repeats)
                 ref = statistics.median(times["torchvision"])
                 for name, runs in times.items():
                     med = statistics.median(runs)
