@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from refimpl.ops import geometry
+
 SUBMISSION_MODULE = "submission"  # the __name__ the learner's cells run under
 
 
@@ -251,3 +253,22 @@ def random_features(
     values = rng.permutation(n * c * h * w).astype(np.float64)
     values = (values + rng.uniform(0.05, 0.95, values.shape)) / (n * c * h * w)
     return (values * 4 - 2).reshape(n, c, h, w).astype(dtype)
+
+
+def ref_bilinear(features: np.ndarray, y: float, x: float) -> np.ndarray:
+    """torchvision's bilinear interpolation of ``features [..., H, W]`` at ``(y, x)``, in
+    float64: the reference the RoIWarp and RoIAlign lessons' ``bilinear`` is graded against
+    (0 more than a pixel outside)."""
+    F = np.float64
+    height, width = features.shape[-2:]
+    in_y, y0, y1, wy0, wy1 = geometry.bilinear_1d(F, F(y), height)
+    in_x, x0, x1, wx0, wx1 = geometry.bilinear_1d(F, F(x), width)
+    if not (in_y and in_x):
+        return np.zeros(features.shape[:-2])
+    f = features
+    return (
+        wy0 * wx0 * f[..., y0, x0]
+        + wy0 * wx1 * f[..., y0, x1]
+        + wy1 * wx0 * f[..., y1, x0]
+        + wy1 * wx1 * f[..., y1, x1]
+    )

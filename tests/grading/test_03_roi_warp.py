@@ -15,26 +15,10 @@ from refimpl.course.checks import (
     points,
     random_features,
     random_rois,
+    ref_bilinear,
 )
 from refimpl.ops import geometry
 from refimpl.ops.python import roi_warp_forward as ref_forward
-
-
-def ref_bilinear(features, y, x):
-    """torchvision's bilinear interpolation of features [..., H, W] at (y, x), in float64."""
-    F = np.float64
-    height, width = features.shape[-2:]
-    in_y, y0, y1, wy0, wy1 = geometry.bilinear_1d(F, F(y), height)
-    in_x, x0, x1, wx0, wx1 = geometry.bilinear_1d(F, F(x), width)
-    if not (in_y and in_x):
-        return np.zeros(features.shape[:-2])
-    f = features
-    return (
-        wy0 * wx0 * f[..., y0, x0]
-        + wy0 * wx1 * f[..., y0, x1]
-        + wy1 * wx0 * f[..., y1, x0]
-        + wy1 * wx1 * f[..., y1, x1]
-    )
 
 
 def ref_quantize(rois, spatial_scale):
