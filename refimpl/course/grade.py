@@ -397,7 +397,7 @@ def report(results: list[NotebookResult], *, show_hidden: bool = False) -> str:
 
 
 def results_json(results: list[NotebookResult], seconds: float) -> dict[str, Any]:
-    """Gradescope's results.json (shared/spec/course.md)."""
+    """Gradescope's results.json (https://gradescope-autograders.readthedocs.io/en/latest/specs/)."""
     tests = []
     for r in results:
         for t in r.tests:

@@ -35,7 +35,7 @@ from types import ModuleType
 
 BACKEND_MODULES = {
     "python": "refimpl.ops.python",  # plain loops: the definition
-    "numpy": "refimpl.ops.vectorized",  # vectorized NumPy
+    "numpy": "refimpl.ops.numpy",  # vectorized NumPy
     "numba": "refimpl.ops.cpu",  # numba njit/prange CPU kernels
     "cuda": "refimpl.ops.cuda",  # numba-cuda kernels
 }

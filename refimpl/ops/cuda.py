@@ -45,7 +45,7 @@ cached factory that closes over ``F`` (a compile-time constant in the kernel).
 
 References: Mask R-CNN (He et al., 2017) sec. 3 "RoIAlign" and Table 2c (RoIWarp, max/avg);
 Fast R-CNN (Girshick, 2015) sec. 2.1 and eq. 4 (RoIPool and its backward); the semantics in
-``shared/spec/roi-ops.md``.
+``docs/spec/roi-ops.md``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ int -> float conversion goes through ``F`` explicitly, in torchvision's operatio
 float32 results then agree with torchvision to rounding, even for large coordinates.
 
 References: Mask R-CNN (He et al., 2017) section 3 "RoIAlign"; Fast R-CNN (Girshick, 2015)
-section 2.1 "The RoI pooling layer"; the semantics in ``shared/spec/roi-ops.md``.
+section 2.1 "The RoI pooling layer"; the semantics in ``docs/spec/roi-ops.md``.
 """
 
 from __future__ import annotations

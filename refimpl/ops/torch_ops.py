@@ -20,7 +20,7 @@ kernels launched on the tensors' memory on torch's current stream), a fake kerne
 dtypes only, for tracing) and, for the RoI operators, an autograd formula. The public
 functions below (``roi_align``, ``roi_pool``, ...) have torchvision's signatures; they check
 the arguments, convert a list of boxes to the ``[K, 5]`` RoI format and call the operators.
-The exact semantics are in ``shared/spec/roi-ops.md``.
+The exact semantics are in ``docs/spec/roi-ops.md``.
 
 dtypes: float32 and float64 are computed in that dtype, as torchvision does. float16 and
 bfloat16 are computed in float32 and the result is cast back (boxes are never rounded to

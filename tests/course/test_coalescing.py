@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refimpl.bench_gpu import WORKLOADS
+from refimpl.bench.gpu import WORKLOADS
 from refimpl.course.coalescing import compare_layouts, replay_roi_align_loads
 
 

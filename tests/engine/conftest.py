@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from refimpl.data import write_shapes_dataset
-from refimpl.train import TrainConfig
+from refimpl.engine.train import TrainConfig
 
 STANDIN = "tests.engine.standin:build"
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from refimpl import __main__ as cli
-from refimpl.ablate import VARIANT_SLUGS, run_ablation
+from refimpl.engine.ablate import VARIANT_SLUGS, run_ablation
 
 from .conftest import STANDIN
 
@@ -55,9 +55,9 @@ def test_bench_is_passed_through(monkeypatch):
     import types
 
     seen = {}
-    fake = types.ModuleType("refimpl.bench")
+    fake = types.ModuleType("refimpl.bench.__main__")
     fake.main = lambda argv: seen.setdefault("argv", argv) and 0
-    monkeypatch.setitem(sys.modules, "refimpl.bench", fake)
+    monkeypatch.setitem(sys.modules, "refimpl.bench.__main__", fake)
     assert cli.main(["bench", "ops", "--quick"]) == 0
     assert seen["argv"] == ["ops", "--quick"]
 
@@ -85,7 +85,7 @@ def test_demo_pipeline(tmp_path, capsys):
 
 
 def test_train_preset(monkeypatch, tmp_path):
-    import refimpl.train as train_module
+    import refimpl.engine.train as train_module
 
     seen = {}
     monkeypatch.setattr(train_module, "train", lambda cfg: seen.setdefault("cfg", cfg) and {})

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from refimpl.train import (
+from refimpl.engine.train import (
     ResumableDistributedSampler,
     SeededDataset,
     param_checksum,

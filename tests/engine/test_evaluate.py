@@ -13,7 +13,7 @@ import torch
 from pycocotools.coco import COCO
 
 from refimpl.data import CocoDetection, split_paths
-from refimpl.evaluate import coco_evaluate, evaluate, format_metrics, to_coco_results
+from refimpl.engine.evaluate import coco_evaluate, evaluate, format_metrics, to_coco_results
 
 from .conftest import STANDIN
 
@@ -141,7 +141,7 @@ def test_evaluate_end_to_end_with_an_oracle(shapes_data):
 
 def test_evaluate_cli(shapes_data, tmp_path):
     from refimpl.__main__ import main
-    from refimpl.train import TrainConfig, train
+    from refimpl.engine.train import TrainConfig, train
 
     run = tmp_path / "run"
     train(TrainConfig(data=str(shapes_data), out=str(run), model=STANDIN, iters=1,

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from refimpl import viz
 from refimpl.data import CocoDetection, split_paths
-from refimpl.train import TrainConfig, train
+from refimpl.engine import viz
+from refimpl.engine.train import TrainConfig, train
 
 from .conftest import STANDIN
 

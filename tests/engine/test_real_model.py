@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from refimpl.data import CocoDetection, split_paths, write_shapes_dataset
-from refimpl.train import TrainConfig, load_model, train
+from refimpl.engine.train import TrainConfig, load_model, train
 
 pytest.importorskip("refimpl.model.mask_rcnn")
 

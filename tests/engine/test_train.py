@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from refimpl.train import (
+from refimpl.engine.train import (
     LOSS_NAMES,
     NonFiniteLossError,
     WarmupSchedule,

@@ -11,8 +11,8 @@ import torch
 
 from refimpl.course.checks import as_array, check_array, describe, fail, points
 from refimpl.model.box_coder import BoxCoder
-from refimpl.ops.vectorized import box_iou as ref_iou
-from refimpl.ops.vectorized import nms as ref_nms
+from refimpl.ops.numpy import box_iou as ref_iou
+from refimpl.ops.numpy import nms as ref_nms
 
 
 def random_boxes(rng, n, size=100.0, min_wh=2.0, max_wh=40.0):

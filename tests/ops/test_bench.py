@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from refimpl import bench
+from refimpl.bench import __main__ as bench
 
 
 def test_ops_table_on_the_quick_workload(capsys, tmp_path):

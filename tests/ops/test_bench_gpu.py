@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from refimpl import bench, bench_gpu
+from refimpl.bench import __main__ as bench
+from refimpl.bench import gpu as bench_gpu
 
 
 def test_large_workload_is_the_issue_s():

@@ -56,9 +56,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from .data import CocoDetection, collate_fn, split_paths
-from .data.coco import DatasetWarning
-from .data.transforms import detection_transforms
+from refimpl.data import CocoDetection, collate_fn, split_paths
+from refimpl.data.coco import DatasetWarning
+from refimpl.data.transforms import detection_transforms
+
 from .evaluate import evaluate, format_metrics
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")

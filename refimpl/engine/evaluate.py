@@ -188,7 +188,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from .data import CocoDetection, split_paths
+    from refimpl.data import CocoDetection, split_paths
+
     from .train import load_model, set_threads
 
     set_threads(args.threads)

@@ -1,4 +1,4 @@
-"""The "numpy" backend (refimpl.ops.vectorized) against the "python" backend (the definition).
+"""The "numpy" backend (refimpl.ops.numpy) against the "python" backend (the definition).
 
 The vectorized geometry performs the same float operations as refimpl.ops.geometry, so the
 max modes (RoIPool, RoIAlign / RoIWarp "max") must agree *bitwise* with the loops, ties
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from refimpl.ops import geometry as g
+from refimpl.ops import numpy as V
 from refimpl.ops import python as P
-from refimpl.ops import vectorized as V
 from tests.conftest import assert_close
 
 DTYPES = [np.float32, np.float64]

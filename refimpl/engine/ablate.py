@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.shapes import SHAPES_HARD, dataset_matches, write_shapes_dataset
+from refimpl.data.shapes import SHAPES_HARD, dataset_matches, write_shapes_dataset
+
 from .train import TrainConfig, parse_model_kw, train
 
 

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m refimpl.bench ops [--repeats N] [--backends numba,numpy] [--quick]``.
+"""The RoI operator benchmark: ``python -m refimpl bench ops [--repeats N] [--quick] ...``.
 
 ``ops`` times every RoI operator of every backend in :data:`refimpl.ops.BACKENDS`, forward
 and backward, on two standard workloads of a Mask R-CNN head at FPN level P2 (stride 4):
@@ -24,13 +24,10 @@ The ``"python"`` backend (plain loops) is far too slow for these workloads: it r
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -375,85 +372,3 @@ def format_overhead(rows: list[dict], repeats: int) -> str:
             f"{r['torch_op_ms']:8.2f} | {r['kernel_ms']:6.2f} | {r['overhead_ms']:+8.2f} |"
         )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refimpl.bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    ops = sub.add_parser("ops", help="time the RoI operators of every backend")
-    ops.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median)")
-    ops.add_argument(
-        "--backends",
-        default=None,
-        help="comma-separated backend names (default: all but 'python'; with --quick: all)",
-    )
-    ops.add_argument("--quick", action="store_true", help="a tiny workload, python included")
-    ops.add_argument("--threads", type=int, default=None, help="numba and torch thread count")
-    ops.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
-    overhead = sub.add_parser("overhead", help="the torch op layer against the bare kernels")
-    overhead.add_argument("--repeats", type=int, default=7, help="timed runs per cell (median)")
-    overhead.add_argument("--quick", action="store_true", help="a tiny workload")
-    sub.add_parser(
-        "model", help="Mask R-CNN step and inference against torchvision's", add_help=False
-    )
-    sub.add_parser(
-        "gpu", help="CUDA ops against torchvision's, CUDA events, bandwidth", add_help=False
-    )
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv and argv[0] == "model":
-        from refimpl import bench_model
-
-        return bench_model.main(argv[1:])
-    if argv and argv[0] == "gpu":
-        from refimpl import bench_gpu
-
-        return bench_gpu.main(argv[1:])
-    args = parser.parse_args(argv)
-    if args.command == "overhead":
-        workloads = QUICK_WORKLOADS if args.quick else WORKLOADS
-        rows = bench_overhead(workloads, args.repeats, log=lambda s: print(s, flush=True))
-        print()
-        print(format_overhead(rows, args.repeats))
-        return 0
-
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    if args.backends:
-        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    else:
-        backends = [b for b in BACKENDS if args.quick or b != "python"]
-    if args.threads is not None:
-        import numba
-
-        numba.set_num_threads(args.threads)
-        try:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        except ImportError:
-            pass
-    workloads = QUICK_WORKLOADS if args.quick else WORKLOADS
-    rows, notes = bench_ops(backends, workloads, args.repeats, log=lambda s: print(s, flush=True))
-    header = _header(args.repeats)
-    print()
-    print(format_table(rows, header))
-    for note in notes:
-        print(note)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "header": header,
-                    "workloads": [asdict(w) for w in workloads],
-                    "notes": notes,
-                    "rows": [asdict(r) for r in rows],
-                },
-                f,
-                indent=1,
-            )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks (``python -m refimpl bench ...``): see :mod:`refimpl.bench.__main__`."""
