@@ -7,6 +7,7 @@ records this, so a number in a lesson can be traced to the run that measured it.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -17,7 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def git_commit(repo: Path = REPO) -> str | None:
-    """``HEAD``'s hash, with ``-dirty`` when tracked files differ from it (None outside git)."""
+    """``HEAD``'s hash, with ``-dirty`` when tracked files differ from it (None outside git).
+
+    A run from a copy of the tree (no ``.git``) names its commit in ``REFIMPL_SOURCE_COMMIT``."""
+    if os.environ.get("REFIMPL_SOURCE_COMMIT"):
+        return os.environ["REFIMPL_SOURCE_COMMIT"]
     try:
         head = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -30,6 +35,17 @@ def git_commit(repo: Path = REPO) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("-dirty" if dirty else "")
+
+
+def source_digest() -> str:
+    """SHA-256 over the imported ``refimpl`` package's ``.py`` files (paths and contents): which
+    code ran, exactly, even from a tree with uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def cpu_name() -> str:
@@ -51,6 +67,7 @@ def provenance(argv: list[str] | None = None) -> dict:
     return {
         "command": " ".join(["python", *(sys.argv if argv is None else argv)]),
         "git_commit": git_commit(),
+        "source_sha256": source_digest(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {
             "cpu": cpu_name(),

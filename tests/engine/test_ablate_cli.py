@@ -23,16 +23,17 @@ def test_ablation_smoke(tmp_path):
     runs = {p.name for p in (tmp_path / "runs").iterdir()}
     assert runs == set(VARIANT_SLUGS) - {"sigmoid"}
     # each variant's options reached the model builder
-    config = json.loads((tmp_path / "runs" / "roiwarp-max" / "config.json").read_text())
+    config = json.loads((tmp_path / "runs" / "roiwarp-max" / "seed0" / "config.json").read_text())
     assert (config["roi_op"], config["pool_mode"]) == ("warp", "max")
-    assert json.loads((tmp_path / "runs/softmax/config.json").read_text())["mask_loss"] == "softmax"
+    softmax = json.loads((tmp_path / "runs/softmax/seed0/config.json").read_text())
+    assert softmax["mask_loss"] == "softmax"
     md = (tmp_path / "ablation.md").read_text()
     assert "Table 2c" in md and "Table 2b" in md and "| RoIAlign | ✓ | ✓ | ave |" in md
     assert json.loads((tmp_path / "ablation.json").read_text())["size"] == "smoke"
     # finished variants are reused
-    mtime = (tmp_path / "runs/roipool/metrics.json").stat().st_mtime
+    mtime = (tmp_path / "runs/roipool/seed0/metrics.json").stat().st_mtime
     run_ablation(tmp_path, "smoke", ["roipool"], model=STANDIN, progress=False)
-    assert (tmp_path / "runs/roipool/metrics.json").stat().st_mtime == mtime
+    assert (tmp_path / "runs/roipool/seed0/metrics.json").stat().st_mtime == mtime
 
 
 def test_help_lists_the_commands(capsys):
