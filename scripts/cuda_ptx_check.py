@@ -47,34 +47,27 @@ def _compile_offline(cc: tuple[int, int], libdevice: str) -> None:
     nvrtc.get_supported_ccs = lambda: [cc]
 
 
-def _signatures(nb_types, F):
+def _kernels(nb_types, F):
+    """``(op module, kernel, signature, layouts)`` for every kernel, with the argument types
+    its launch function passes (``layouts``: the factory's layout argument, or None for a
+    factory that takes only the dtype)."""
     A = lambda ndim, dtype=F: nb_types.Array(dtype, ndim, "A")  # noqa: E731  any strides
     C = lambda ndim, dtype=F: nb_types.Array(dtype, ndim, "C")  # noqa: E731  C-contiguous
     i64, f64, b = nb_types.int64, nb_types.float64, nb_types.boolean
     roi = (A(4), A(2))
-    return {
-        "roi_align_forward": (*roi, C(4), f64, i64, b, b, b),
-        "roi_align_backward": (*roi, A(4), C(4), f64, i64, b, b, b),
-        "roi_pool_forward": (*roi, C(4), C(4), f64),
-        "roi_pool_forward_argmax": (*roi, C(4), C(4, i64), f64),
-        "roi_pool_backward": (*roi, A(4), C(4), f64),
-        "roi_pool_backward_argmax": (A(2), A(4, i64), A(4), C(4)),
-        "prroi_pool_forward": (*roi, C(4), f64, b),
-        "prroi_pool_backward": (*roi, A(4), C(4), C(2), f64, b),
-        "box_iou": (A(2), A(2), C(2)),
-        "nms_mask": (C(2), C(2, nb_types.uint64), f64),
-    }
-
-
-# Kernels compiled for both memory layouts (the rest have one).
-LAYOUT_KERNELS = {
-    "roi_align_forward",
-    "roi_align_backward",
-    "roi_pool_forward",
-    "roi_pool_forward_argmax",
-    "roi_pool_backward",
-    "roi_pool_backward_argmax",
-}
+    both = ("nchw", "channels_last")
+    return [
+        ("roi_align", "forward", (*roi, C(4), f64, i64, b, b, b), both),
+        ("roi_align", "backward", (*roi, A(4), C(4), f64, i64, b, b, b), both),
+        ("roi_pool", "forward", (*roi, C(4), C(4), f64), both),
+        ("roi_pool", "forward_argmax", (*roi, C(4), C(4, i64), f64), both),
+        ("roi_pool", "backward", (*roi, A(4), C(4), f64), both),
+        ("roi_pool", "backward_argmax", (A(2), A(4, i64), A(4), C(4)), both),
+        ("prroi_pool", "forward", (*roi, C(4), f64, b), None),
+        ("prroi_pool", "backward", (*roi, A(4), C(4), C(2), f64, b), None),
+        ("boxes", "box_iou", (A(2), A(2), C(2)), None),
+        ("boxes", "nms_mask", (C(2), C(2, nb_types.uint64), f64), None),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,16 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot compile offline here: {type(e).__name__}: {e}", file=sys.stderr)
         return SKIP
 
-    import numpy as np
+    import importlib
 
-    from refimpl.ops import cuda as cu
+    import numpy as np
 
     failed = 0
     for dtype, F in ((np.float32, nb_types.float32), (np.float64, nb_types.float64)):
-        for name, sig in _signatures(nb_types, F).items():
-            for channels_last in (False, True) if name in LAYOUT_KERNELS else (False,):
-                kernel = getattr(cu._kernels(dtype, channels_last), name)
-                label = f"{name} {np.dtype(dtype).name} {'nhwc' if channels_last else 'nchw'}"
+        for op, name, sig, layouts in _kernels(nb_types, F):
+            module = importlib.import_module(f"refimpl.ops.cuda.{op}")
+            for layout in layouts or (None,):
+                factory_args = (np.dtype(dtype),) if layout is None else (np.dtype(dtype), layout)
+                kernel = getattr(module._kernels(*factory_args), name)
+                label = f"{op}.{name} {np.dtype(dtype).name} {layout or 'nchw'}"
                 try:
                     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
                 except Exception as e:  # the canary compiled: this is the kernel's fault

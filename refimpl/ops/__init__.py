@@ -1,7 +1,21 @@
 """Stage 1: the RoI operators (RoIPool, RoIWarp, RoIAlign, PrRoIPool), NMS and box IoU.
 
-``BACKENDS`` maps a backend name to a module; every backend module has the same functions
-on NumPy arrays (see :mod:`refimpl.ops.python` for the definitions):
+Four backends, each a module with the same functions on NumPy arrays, typed by
+:class:`refimpl.ops.interface.Backend` (see :mod:`refimpl.ops.python` for the definitions):
+
+===========  =======================  ===========================================================
+name         module                   what it is
+===========  =======================  ===========================================================
+``python``   ``refimpl.ops.python``   plain loops that read like the papers: the definition
+``numpy``    ``refimpl.ops.numpy``    vectorized NumPy, what the NumPy lessons build
+``numba``    ``refimpl.ops.numba``    ``njit``/``prange`` CPU kernels, one file per op
+``cuda``     ``refimpl.ops.cuda``     numba-cuda kernels, one file per op, NCHW or channels-last
+===========  =======================  ===========================================================
+
+``BACKENDS`` maps a name to its module (imported on first use, so that e.g. the CUDA
+simulator can be chosen before numba is imported); ``get_backend(name)`` is the same, typed.
+All four share ``geometry.py`` (box -> bins -> sampling points -> bilinear weights) and
+``validate.py`` (every check runs before any kernel). The functions:
 
 =================================  ================================================================
 ``roi_align_forward``              ``(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
@@ -21,57 +35,15 @@ on NumPy arrays (see :mod:`refimpl.ops.python` for the definitions):
 =================================  ================================================================
 
 The argmax pair (flat plane index ``row * W + col`` of each bin's maximum, -1 when empty) is
-what the torch operator saves for RoIPool's backward, as torchvision's does.
-
-Backends are imported on first use, so that e.g. the CUDA simulator setting can be chosen
-before numba is imported, and a learner without numba can still use ``"python"``.
+what the torch operator saves for RoIPool's backward, as torchvision's does. The CUDA
+backend also has launch functions on device arrays (:mod:`refimpl.ops.cuda`).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
-from types import ModuleType
 
-BACKEND_MODULES = {
-    "python": "refimpl.ops.python",  # plain loops: the definition
-    "numpy": "refimpl.ops.numpy",  # vectorized NumPy
-    "numba": "refimpl.ops.cpu",  # numba njit/prange CPU kernels
-    "cuda": "refimpl.ops.cuda",  # numba-cuda kernels
-}
-
-BACKEND_FUNCTIONS = (
-    "roi_align_forward",
-    "roi_align_backward",
-    "roi_pool_forward",
-    "roi_pool_backward",
-    "roi_pool_forward_with_argmax",
-    "roi_pool_backward_from_argmax",
-    "roi_warp_forward",
-    "roi_warp_backward",
-    "prroi_pool_forward",
-    "prroi_pool_backward",
-    "box_iou",
-    "nms",
-)
-
-
-class _Backends(Mapping[str, ModuleType]):
-    """A read-only name -> module mapping that imports each backend when first asked for."""
-
-    def __getitem__(self, name: str) -> ModuleType:
-        if name not in BACKEND_MODULES:
-            raise KeyError(f"unknown backend {name!r}; choose from {sorted(BACKEND_MODULES)}")
-        return importlib.import_module(BACKEND_MODULES[name])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(BACKEND_MODULES)
-
-    def __len__(self) -> int:
-        return len(BACKEND_MODULES)
-
-
-BACKENDS: Mapping[str, ModuleType] = _Backends()
+from .interface import BACKEND_FUNCTIONS, BACKEND_MODULES, BACKENDS, Backend, get_backend
 
 # The torch operators (torch.ops.refimpl.*) and modules load on first use, so that the NumPy
 # backends (and the autograder's workers) do not pay for importing torch.
@@ -106,6 +78,7 @@ __all__ = [
     "BACKENDS",
     "BACKEND_FUNCTIONS",
     "BACKEND_MODULES",
+    "Backend",
     "LevelMapper",
     "MultiScaleRoIAlign",
     "PrRoIPool",
@@ -115,6 +88,7 @@ __all__ = [
     "batched_nms",
     "box_iou",
     "convert_boxes_to_roi_format",
+    "get_backend",
     "nms",
     "prroi_pool",
     "roi_align",

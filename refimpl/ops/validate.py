@@ -14,6 +14,8 @@ from typing import NamedTuple
 import numpy as np
 
 POOL_MODES = ("avg", "max")
+# The memory layouts of the CUDA kernels: NCHW ([N, C, H, W]) and channels-last ([N, H, W, C]).
+LAYOUTS = ("nchw", "channels_last")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Larger coordinates lose integer precision in float32 and overflow the kernels' int sizes.
 MAX_COORD = float(2**24)
@@ -81,6 +83,13 @@ def check_pool_mode(pool_mode) -> str:
     if pool_mode not in POOL_MODES:
         raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {pool_mode!r}")
     return pool_mode
+
+
+def check_layout(layout) -> str:
+    """``layout`` is "nchw" or "channels_last" (the CUDA kernels' two memory layouts)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
 
 
 def _check_finite(name: str, a: np.ndarray) -> None:

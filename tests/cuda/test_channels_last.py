@@ -1,4 +1,4 @@
-"""The channels-last (NHWC) RoI kernels (refimpl.ops.cuda's ``launch_*_nhwc``: the same
+"""The channels-last RoI kernels (``layout=CL`` of refimpl.ops.cuda's launches: the same
 kernel bodies compiled for the other layout) against the NCHW kernels and the python backend.
 
 Runs in its own process, under the CUDA simulator or on a GPU:
@@ -30,11 +30,11 @@ numba_cuda = require_device()
 from numba import config  # noqa: E402
 
 from refimpl.ops import cuda as cu  # noqa: E402
+from refimpl.ops.cuda import _launch  # noqa: E402
 from tests.cuda.test_cuda_backend import OUT, SCALE, _inputs, _rois  # noqa: E402
 
 cuda = numba_cuda
-cl = cu  # the channels-last launches live beside the NCHW ones
-NHWC_LAUNCHES = sorted(n for n in dir(cu) if n.startswith("launch_") and n.endswith("_nhwc"))
+CL = "channels_last"
 py = BACKENDS["python"]
 DTYPES = (np.float32, np.float64)
 
@@ -71,15 +71,16 @@ def _both_layouts(op, x, rois, grad, params):
     rois_d = d(rois)
 
     y = cuda.device_array((n_rois, channels, *OUT), x.dtype)
-    getattr(cu, f"launch_{op}_forward")(d(x), rois_d, y, *params)
+    module = getattr(cu, op)  # refimpl.ops.cuda.roi_align, .roi_warp, .roi_pool
+    module.launch_forward(d(x), rois_d, y, *params, layout="nchw")
     g = d(np.zeros_like(x))
-    getattr(cu, f"launch_{op}_backward")(d(x), rois_d, d(grad), g, *params)
+    module.launch_backward(d(x), rois_d, d(grad), g, *params, layout="nchw")
 
     x_cl = d(_nhwc(x))
     y_cl = cuda.device_array((n_rois, *OUT, channels), x.dtype)
-    getattr(cl, f"launch_{op}_forward_nhwc")(x_cl, rois_d, y_cl, *params)
+    module.launch_forward(x_cl, rois_d, y_cl, *params, layout=CL)
     g_cl = d(np.zeros_like(_nhwc(x)))
-    getattr(cl, f"launch_{op}_backward_nhwc")(x_cl, rois_d, d(_nhwc(grad)), g_cl, *params)
+    module.launch_backward(x_cl, rois_d, d(_nhwc(grad)), g_cl, *params, layout=CL)
 
     return (
         y.copy_to_host(),
@@ -138,12 +139,26 @@ def test_ties_go_to_the_first_maximum(op, params):
     _check(op, x, _rois(np.float64), grad, params)
 
 
-def test_same_signatures_as_nchw():
-    # roi_align, roi_warp, roi_pool, roi_pool with argmax x forward, backward
-    assert len(NHWC_LAUNCHES) == 8
-    for name in NHWC_LAUNCHES:
-        nchw = getattr(cu, name.removesuffix("_nhwc"))
-        assert inspect.signature(getattr(cl, name)) == inspect.signature(nchw), name
+def test_layout_is_a_checked_keyword():
+    # One launch function per op and direction; the layout is a keyword-only argument,
+    # "nchw" by default, and anything but the two layout names is refused by name.
+    launches = [
+        getattr(getattr(cu, op), f"launch_{direction}")
+        for op in ("roi_align", "roi_warp", "roi_pool")
+        for direction in ("forward", "backward")
+    ]
+    launches += [cu.roi_pool.launch_forward_with_argmax, cu.roi_pool.launch_backward_from_argmax]
+    for launch in launches:
+        parameter = inspect.signature(launch).parameters["layout"]
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default == "nchw"
+    d = cuda.to_device
+    x = d(np.zeros((1, 2, 4, 4), np.float32))
+    rois, out = d(np.zeros((3, 5), np.float32)), cuda.device_array((3, 2, 2, 2), np.float32)
+    for layout in ("nhwc", "NCHW", None):
+        with pytest.raises(ValueError, match="layout must be one of"):
+            cu.roi_align.launch_forward(x, rois, out, 1.0, -1, False, layout=layout)
+        with pytest.raises(ValueError, match="layout must be one of"):
+            cu.roi_pool.launch_backward_from_argmax(rois, out, out, x, layout=layout)
 
 
 def test_strided_inputs_and_stream():
@@ -159,17 +174,19 @@ def test_strided_inputs_and_stream():
     params = (SCALE, 2, False, "max")
 
     y = cuda.device_array((5, *OUT, 3), np.float64, stream=stream)
-    cl.launch_roi_align_forward_nhwc(x_view, rois_d, y, *params, stream=stream)
+    cu.roi_align.launch_forward(x_view, rois_d, y, *params, stream=stream, layout=CL)
     grad_x = cuda.to_device(np.zeros_like(_nhwc(x)), stream=stream)
     for _ in range(2):
-        cl.launch_roi_align_backward_nhwc(x_view, rois_d, grad_view, grad_x, *params, stream)
+        cu.roi_align.launch_backward(
+            x_view, rois_d, grad_view, grad_x, *params, layout=CL, stream=stream
+        )
     stream.synchronize()
     y_ref, _, g_ref, _ = _both_layouts("roi_align", x, rois, grad, params)
     np.testing.assert_array_equal(_nchw(y.copy_to_host()), y_ref)
     assert_close(_nchw(grad_x.copy_to_host()), 2 * g_ref)
 
     grad_x = cuda.to_device(np.zeros_like(_nhwc(x)))
-    cl.launch_roi_pool_backward_nhwc(x_view, rois_d, grad_view, grad_x, SCALE)
+    cu.roi_pool.launch_backward(x_view, rois_d, grad_view, grad_x, SCALE, layout=CL)
     assert_close(_nchw(grad_x.copy_to_host()), py.roi_pool_backward(x, rois, grad, OUT, SCALE))
 
 
@@ -179,17 +196,17 @@ def test_avg_backward_takes_grad_x_as_input_stand_in():
     rois = _rois(np.float32)
     grad_x = cuda.to_device(np.zeros_like(_nhwc(x)))
     params = (SCALE, -1, "avg")
-    cl.launch_roi_warp_backward_nhwc(
-        grad_x, cuda.to_device(rois), cuda.to_device(_nhwc(grad)), grad_x, *params
+    cu.roi_warp.launch_backward(
+        grad_x, cuda.to_device(rois), cuda.to_device(_nhwc(grad)), grad_x, *params, layout=CL
     )
     assert_close(_nchw(grad_x.copy_to_host()), py.roi_warp_backward(x, rois, grad, OUT, *params))
 
 
 def test_grid_stride_loop(monkeypatch):
     """More work than one grid: one block of 32 threads for 5 * 2 * 3 * 3 = 90 elements."""
-    monkeypatch.setattr(cu, "MAX_BLOCKS", 1)
-    monkeypatch.setattr(cu, "THREADS_PER_BLOCK", 32)
-    assert cl._launch_size(90) == (1, 32)  # read from refimpl.ops.cuda at call time
+    monkeypatch.setattr(_launch, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(_launch, "THREADS_PER_BLOCK", 32)
+    assert _launch.launch_size(90) == (1, 32)  # read from refimpl.ops.cuda._launch at call time
     x, grad = _inputs(np.float64, seed=5)
     rois = _rois(np.float64)
     _check("roi_align", x, rois, grad, (SCALE, 2, True, "avg"))
@@ -201,19 +218,22 @@ def test_grid_stride_loop(monkeypatch):
 
 
 def test_empty_problems_do_not_launch(monkeypatch):
-    monkeypatch.setattr(cl, "_kernels", None)  # a launch would fail: there must be none
+    for op in (cu.roi_align, cu.roi_pool):  # a launch would fail: there must be none
+        monkeypatch.setattr(op, "_kernels", None)
     d = cuda.to_device
     for shape, n_rois in (((2, 6, 7, 3), 0), ((2, 6, 7, 0), 5)):
         x = d(np.zeros(shape, np.float32))
         rois = d(np.zeros((n_rois, 5), np.float32))
         out = cuda.device_array((n_rois, *OUT, shape[3]), np.float32)
         grad_x = d(np.zeros(shape, np.float32))
-        assert cl.launch_roi_align_forward_nhwc(x, rois, out, SCALE, -1, False) is out
-        assert cl.launch_roi_warp_forward_nhwc(x, rois, out, SCALE, -1) is out
-        assert cl.launch_roi_pool_forward_nhwc(x, rois, out, SCALE) is out
-        assert cl.launch_roi_align_backward_nhwc(x, rois, out, grad_x, SCALE, 2, True) is grad_x
-        assert cl.launch_roi_warp_backward_nhwc(x, rois, out, grad_x, SCALE, 2) is grad_x
-        assert cl.launch_roi_pool_backward_nhwc(x, rois, out, grad_x, SCALE) is grad_x
+        assert cu.roi_align.launch_forward(x, rois, out, SCALE, -1, False, layout=CL) is out
+        assert cu.roi_warp.launch_forward(x, rois, out, SCALE, -1, layout=CL) is out
+        assert cu.roi_pool.launch_forward(x, rois, out, SCALE, layout=CL) is out
+        assert (
+            cu.roi_align.launch_backward(x, rois, out, grad_x, SCALE, 2, True, layout=CL) is grad_x
+        )
+        assert cu.roi_warp.launch_backward(x, rois, out, grad_x, SCALE, 2, layout=CL) is grad_x
+        assert cu.roi_pool.launch_backward(x, rois, out, grad_x, SCALE, layout=CL) is grad_x
         assert not grad_x.copy_to_host().any()
 
 
@@ -228,37 +248,37 @@ def test_launch_errors_name_the_argument():
         return cuda.device_array(shape, dtype)
 
     with pytest.raises(ValueError, match=r"out must have shape \[K=3, PH, PW, C=2\]"):
-        cl.launch_roi_align_forward_nhwc(x, rois, empty((3, 2, 2, 3)), 1.0, -1, False)
+        cu.roi_align.launch_forward(x, rois, empty((3, 2, 2, 3)), 1.0, -1, False, layout=CL)
     with pytest.raises(ValueError, match="out must have shape"):
-        cl.launch_roi_pool_forward_nhwc(x, rois, empty((2, 2, 2, 2)), 1.0)
+        cu.roi_pool.launch_forward(x, rois, empty((2, 2, 2, 2)), 1.0, layout=CL)
     with pytest.raises(ValueError, match=r"grad_out must have shape \[K=3, PH, PW, C=2\]"):
         # an NCHW-ordered gradient [K, C, PH, PW] with PW != C: the channel axis is last
-        cl.launch_roi_pool_backward_nhwc(x, rois, empty((3, 2, 2, 3)), grad_x, 1.0)
+        cu.roi_pool.launch_backward(x, rois, empty((3, 2, 2, 3)), grad_x, 1.0, layout=CL)
     with pytest.raises(ValueError, match="grad_x must have shape"):
-        cl.launch_roi_align_backward_nhwc(x, rois, out, empty((1, 2, 4, 4)), 1.0, -1, False)
+        cu.roi_align.launch_backward(x, rois, out, empty((1, 2, 4, 4)), 1.0, -1, False, layout=CL)
     with pytest.raises(ValueError, match=r"x must have shape \[N, H, W, C\]"):
-        cl.launch_roi_pool_forward_nhwc(empty((4, 4, 2)), rois, out, 1.0)
+        cu.roi_pool.launch_forward(empty((4, 4, 2)), rois, out, 1.0, layout=CL)
     with pytest.raises(TypeError, match="out must have dtype float32"):
-        cl.launch_roi_warp_forward_nhwc(x, rois, empty((3, 2, 2, 2), np.float64), 1.0, -1)
+        cu.roi_warp.launch_forward(x, rois, empty((3, 2, 2, 2), np.float64), 1.0, -1, layout=CL)
     with pytest.raises(TypeError, match="rois must have dtype float32"):
-        cl.launch_roi_pool_forward_nhwc(x, d(np.zeros((3, 5))), out, 1.0)
+        cu.roi_pool.launch_forward(x, d(np.zeros((3, 5))), out, 1.0, layout=CL)
     with pytest.raises(TypeError, match="grad_x must have dtype float32"):
-        cl.launch_roi_pool_backward_nhwc(x, rois, out, d(np.zeros((1, 4, 4, 2))), 1.0)
+        cu.roi_pool.launch_backward(x, rois, out, d(np.zeros((1, 4, 4, 2))), 1.0, layout=CL)
     with pytest.raises(TypeError, match="x must have dtype float32 or float64"):
-        cl.launch_roi_pool_forward_nhwc(d(np.zeros((1, 4, 4, 2), np.int32)), rois, out, 1.0)
+        cu.roi_pool.launch_forward(d(np.zeros((1, 4, 4, 2), np.int32)), rois, out, 1.0, layout=CL)
     with pytest.raises(ValueError, match="out must be C-contiguous"):
         strided_out = _permuted(empty((3, 2, 2, 2)), (0, 2, 1, 3))  # [K, PW, PH, C] as a view
-        cl.launch_roi_align_forward_nhwc(x, rois, strided_out, 1.0, -1, False)
+        cu.roi_align.launch_forward(x, rois, strided_out, 1.0, -1, False, layout=CL)
     with pytest.raises(ValueError, match="grad_x must be C-contiguous"):
         strided = _permuted(d(np.zeros((1, 4, 4, 2), np.float32)), (0, 2, 1, 3))
-        cl.launch_roi_warp_backward_nhwc(x, rois, out, strided, 1.0, -1)
+        cu.roi_warp.launch_backward(x, rois, out, strided, 1.0, -1, layout=CL)
     with pytest.raises(ValueError, match="pool_mode"):
-        cl.launch_roi_align_forward_nhwc(x, rois, out, 1.0, -1, False, "sum")
+        cu.roi_align.launch_forward(x, rois, out, 1.0, -1, False, "sum", layout=CL)
     with pytest.raises(ValueError, match="pool_mode"):
-        cl.launch_roi_warp_backward_nhwc(x, rois, out, grad_x, 1.0, -1, "median")
+        cu.roi_warp.launch_backward(x, rois, out, grad_x, 1.0, -1, "median", layout=CL)
     with pytest.raises(ValueError, match="spatial_scale"):
-        cl.launch_roi_pool_forward_nhwc(x, rois, out, 0.0)
+        cu.roi_pool.launch_forward(x, rois, out, 0.0, layout=CL)
     with pytest.raises(TypeError, match="sampling_ratio"):
-        cl.launch_roi_align_forward_nhwc(x, rois, out, 1.0, 1.5, False)
+        cu.roi_align.launch_forward(x, rois, out, 1.0, 1.5, False, layout=CL)
     with pytest.raises(TypeError, match="x must be a device array"):
-        cl.launch_roi_pool_forward_nhwc(np.zeros((1, 4, 4, 2), np.float32), rois, out, 1.0)
+        cu.roi_pool.launch_forward(np.zeros((1, 4, 4, 2), np.float32), rois, out, 1.0, layout=CL)

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.cudasim
 numba_cuda = require_device()
 
 cu = BACKENDS["cuda"]
+from refimpl.ops.cuda import _launch  # noqa: E402
+
 py = BACKENDS["python"]
 
 DTYPES = (np.float32, np.float64)
@@ -105,8 +107,8 @@ def test_roi_pool_matches_python(dtype, scale):
 def test_overlapping_rois_accumulate(monkeypatch):
     """Many RoIs on the same pixels: the atomic adds must not lose updates. Also runs the
     grid-stride loop: one block of 32 threads for 8 * 2 * 3 * 4 = 192 elements."""
-    monkeypatch.setattr(cu, "MAX_BLOCKS", 1)
-    monkeypatch.setattr(cu, "THREADS_PER_BLOCK", 32)
+    monkeypatch.setattr(_launch, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(_launch, "THREADS_PER_BLOCK", 32)
     x, grad = _inputs(np.float64, seed=3, shape=(1, 2, 5, 5), n_rois=8, out=(3, 4))
     rois = np.tile([[0, 0.6, 0.4, 3.7, 3.9]], (8, 1))
     rois[:, 1:] += np.linspace(0, 0.7, 8)[:, None]
@@ -168,24 +170,24 @@ def test_nms_compares_iou_in_float64():
 def test_reduce_nms_mask_is_greedy():
     # Box 0 suppresses 1; 1 would suppress 2 but was suppressed itself, so 2 is kept;
     # box 2 suppresses 65 (second word, bit 1).
-    mask = np.zeros(cu.nms_mask_shape(66), np.uint64)
+    mask = np.zeros(cu.boxes.nms_mask_shape(66), np.uint64)
     mask[0, 0] = 1 << 1
     mask[1, 0] = 1 << 2
     mask[2, 1] = 1 << 1
-    keep = cu.reduce_nms_mask(mask)
+    keep = cu.boxes.reduce_nms_mask(mask)
     np.testing.assert_array_equal(keep, [0, *range(2, 65)])
-    np.testing.assert_array_equal(cu.reduce_nms_mask(mask.view(np.int64)), keep)
+    np.testing.assert_array_equal(cu.boxes.reduce_nms_mask(mask.view(np.int64)), keep)
 
 
 def test_nms_mask_into_int64():
     # A torch op may hand an int64 mask (torch's uint64 support is thin): the same bits.
-    cuda = cu.cuda
+    cuda = numba_cuda
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 2, 2], [1, 1, 10, 11]], np.float64)
-    mask = cuda.device_array(cu.nms_mask_shape(4), np.int64)
-    cu.launch_nms_mask(cuda.to_device(boxes), mask, 0.5)
+    mask = cuda.device_array(cu.boxes.nms_mask_shape(4), np.int64)
+    cu.boxes.launch_nms_mask(cuda.to_device(boxes), mask, 0.5)
     # box 0 suppresses 1 and 3 (IoU 0.81, 0.74); box 1 suppresses 3 (IoU 0.9).
     np.testing.assert_array_equal(mask.copy_to_host(), [[0b1010], [0b1000], [0], [0]])
-    np.testing.assert_array_equal(cu.reduce_nms_mask(mask.copy_to_host()), [0, 2])
+    np.testing.assert_array_equal(cu.boxes.reduce_nms_mask(mask.copy_to_host()), [0, 2])
 
 
 # --- empty inputs and errors ----------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_invalid_input_is_rejected_before_any_launch():
 
 
 def test_clear_error_without_a_device(monkeypatch):
-    monkeypatch.setattr(cu.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(numba_cuda, "is_available", lambda: False)
     x, _ = _inputs(np.float32)
     with pytest.raises(RuntimeError, match="NUMBA_ENABLE_CUDASIM"):
         cu.roi_align_forward(x, _rois(np.float32), OUT)
@@ -231,42 +233,42 @@ def test_clear_error_without_a_device(monkeypatch):
 
 
 def test_launch_functions_on_device_arrays():
-    cuda = cu.cuda
+    cuda = numba_cuda
     x, grad = _inputs(np.float64, seed=6)
     rois = _rois(np.float64)
     stream = cuda.stream()
     x_d, rois_d, grad_d = (cuda.to_device(a, stream=stream) for a in (x, rois, grad))
     out = cuda.device_array((5, 3, *OUT), np.float64, stream=stream)
-    cu.launch_roi_align_forward(x_d, rois_d, out, SCALE, 2, True, "max", stream=stream)
+    cu.roi_align.launch_forward(x_d, rois_d, out, SCALE, 2, True, "max", stream=stream)
     grad_x = cuda.to_device(np.zeros_like(x), stream=stream)
-    cu.launch_roi_warp_backward(x_d, rois_d, grad_d, grad_x, SCALE, 2, "avg", stream=stream)
+    cu.roi_warp.launch_backward(x_d, rois_d, grad_d, grad_x, SCALE, 2, "avg", stream=stream)
     stream.synchronize()
     assert_close(out.copy_to_host(), py.roi_align_forward(x, rois, OUT, SCALE, 2, True, "max"))
     assert_close(grad_x.copy_to_host(), py.roi_warp_backward(x, rois, grad, OUT, SCALE, 2, "avg"))
 
     # grad_x is accumulated into: a second launch doubles it.
-    cu.launch_roi_warp_backward(x_d, rois_d, grad_d, grad_x, SCALE, 2, "avg")
+    cu.roi_warp.launch_backward(x_d, rois_d, grad_d, grad_x, SCALE, 2, "avg")
     assert_close(
         grad_x.copy_to_host(), 2 * py.roi_warp_backward(x, rois, grad, OUT, SCALE, 2, "avg")
     )
 
 
 def test_launch_functions_check_shapes_and_dtypes():
-    cuda = cu.cuda
+    cuda = numba_cuda
     x = cuda.to_device(np.zeros((1, 2, 4, 4), np.float32))
     rois = cuda.to_device(np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match="out must have shape"):
-        cu.launch_roi_align_forward(
+        cu.roi_align.launch_forward(
             x, rois, cuda.device_array((3, 1, 2, 2), np.float32), 1.0, -1, False
         )
     with pytest.raises(TypeError, match="out must have dtype float32"):
-        cu.launch_roi_pool_forward(x, rois, cuda.device_array((3, 2, 2, 2), np.float64), 1.0)
+        cu.roi_pool.launch_forward(x, rois, cuda.device_array((3, 2, 2, 2), np.float64), 1.0)
     with pytest.raises(TypeError, match="rois must have dtype float32"):
-        cu.launch_roi_pool_forward(
+        cu.roi_pool.launch_forward(
             x, cuda.to_device(np.zeros((3, 5))), cuda.device_array((3, 2, 2, 2), np.float32), 1.0
         )
     with pytest.raises(ValueError, match="grad_x must have shape"):
-        cu.launch_roi_pool_backward(
+        cu.roi_pool.launch_backward(
             x,
             rois,
             cuda.device_array((3, 2, 2, 2), np.float32),
@@ -274,20 +276,20 @@ def test_launch_functions_check_shapes_and_dtypes():
             1.0,
         )
     with pytest.raises(ValueError, match="spatial_scale"):
-        cu.launch_roi_pool_forward(x, rois, cuda.device_array((3, 2, 2, 2), np.float32), 0.0)
+        cu.roi_pool.launch_forward(x, rois, cuda.device_array((3, 2, 2, 2), np.float32), 0.0)
     with pytest.raises(ValueError, match="pool_mode"):
-        cu.launch_roi_align_forward(
+        cu.roi_align.launch_forward(
             x, rois, cuda.device_array((3, 2, 2, 2), np.float32), 1.0, -1, False, "sum"
         )
     with pytest.raises(TypeError, match="device array"):
-        cu.launch_roi_pool_forward(
+        cu.roi_pool.launch_forward(
             np.zeros((1, 2, 4, 4), np.float32),
             rois,
             cuda.device_array((3, 2, 2, 2), np.float32),
             1.0,
         )
     with pytest.raises(ValueError, match="mask must have shape"):
-        cu.launch_nms_mask(
+        cu.boxes.launch_nms_mask(
             cuda.to_device(np.zeros((65, 4))), cuda.device_array((65, 1), np.uint64), 0.5
         )
 

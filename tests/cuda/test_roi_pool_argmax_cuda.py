@@ -15,7 +15,7 @@ set is test_cuda_backend's, with every awkward kind of box.
 
 from __future__ import annotations
 
-import inspect
+import functools
 
 import numpy as np
 import pytest
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.cudasim
 numba_cuda = require_device()
 
 from refimpl.ops import cuda as cu  # noqa: E402
+from refimpl.ops.cuda import _launch  # noqa: E402
 from tests.cuda.test_channels_last import _nchw, _nhwc, _permuted  # noqa: E402
 from tests.cuda.test_cuda_backend import OUT, SCALE, _inputs, _rois  # noqa: E402
 
@@ -36,26 +37,22 @@ cuda = numba_cuda
 nb = BACKENDS["numba"]
 py = BACKENDS["python"]
 DTYPES = (np.float32, np.float64)
-LAYOUTS = ("nchw", "nhwc")
-
-
-def _suffix(layout):
-    return "_nhwc" if layout == "nhwc" else ""
+LAYOUTS = ("nchw", "channels_last")
 
 
 def _to(layout, a):
     """An NCHW host array in ``layout`` (C-contiguous)."""
-    return _nhwc(a) if layout == "nhwc" else np.ascontiguousarray(a)
+    return _nhwc(a) if layout == "channels_last" else np.ascontiguousarray(a)
 
 
 def _from(layout, a):
-    return _nchw(a) if layout == "nhwc" else a
+    return _nchw(a) if layout == "channels_last" else a
 
 
 def _forward(layout, x, rois, scale):
     """``(y, argmax, y_plain)`` in NCHW: the argmax launch and the plain RoIPool launch."""
-    launch = getattr(cu, f"launch_roi_pool_forward_with_argmax{_suffix(layout)}")
-    plain = getattr(cu, f"launch_roi_pool_forward{_suffix(layout)}")
+    launch = functools.partial(cu.roi_pool.launch_forward_with_argmax, layout=layout)
+    plain = functools.partial(cu.roi_pool.launch_forward, layout=layout)
     x_d = cuda.to_device(_to(layout, x))
     rois_d = cuda.to_device(rois)
     shape = _to(layout, np.empty((rois.shape[0], x.shape[1], *OUT))).shape
@@ -76,10 +73,10 @@ def _backward(layout, x, rois, grad, argmax, times=1):
     """grad_x (NCHW) from ``launch_roi_pool_backward_from_argmax``, ``times`` launches into
     one buffer (it is accumulated into). In channels-last, grad_out and argmax are permuted
     (strided) views of NCHW device arrays, as a torch caller may pass them."""
-    launch = getattr(cu, f"launch_roi_pool_backward_from_argmax{_suffix(layout)}")
+    launch = functools.partial(cu.roi_pool.launch_backward_from_argmax, layout=layout)
     grad_d = cuda.to_device(grad)
     argmax_d = cuda.to_device(argmax)
-    if layout == "nhwc":
+    if layout == "channels_last":
         grad_d = _permuted(grad_d, (0, 2, 3, 1))
         argmax_d = _permuted(argmax_d, (0, 2, 3, 1))
     grad_x = cuda.to_device(np.zeros_like(_to(layout, x)))
@@ -140,9 +137,9 @@ def test_backward_accumulates():
 
 def test_grid_stride_loop(monkeypatch):
     """More work than one grid: one block of 32 threads for 5 * 3 * 2 * 3 = 90 elements."""
-    monkeypatch.setattr(cu, "MAX_BLOCKS", 1)
-    monkeypatch.setattr(cu, "THREADS_PER_BLOCK", 32)
-    assert cu._launch_size(90) == (1, 32)
+    monkeypatch.setattr(_launch, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(_launch, "THREADS_PER_BLOCK", 32)
+    assert _launch.launch_size(90) == (1, 32)
     x, grad = _inputs(np.float32, seed=5)
     for layout in LAYOUTS:
         _check(layout, x, _rois(np.float32), grad, SCALE)
@@ -224,10 +221,9 @@ def test_out_of_range_argmax_writes_nothing(layout):
 
 
 def test_empty_problems_do_not_launch(monkeypatch):
-    monkeypatch.setattr(cu, "_kernels", None)  # a launch would fail: there must be none
+    monkeypatch.setattr(cu.roi_pool, "_kernels", None)  # a launch would fail: there must be none
     d = cuda.to_device
     for layout in LAYOUTS:
-        s = _suffix(layout)
         for x_shape, n_rois in (((2, 3, 6, 7), 0), ((2, 0, 6, 7), 5)):
             x = d(_to(layout, np.zeros(x_shape, np.float32)))
             rois = d(np.zeros((n_rois, 5), np.float32))
@@ -235,18 +231,12 @@ def test_empty_problems_do_not_launch(monkeypatch):
             out = cuda.device_array(shape, np.float32)
             argmax = cuda.device_array(shape, np.int64)
             grad_x = d(_to(layout, np.zeros(x_shape, np.float32)))
-            forward = getattr(cu, f"launch_roi_pool_forward_with_argmax{s}")
-            backward = getattr(cu, f"launch_roi_pool_backward_from_argmax{s}")
+            forward = functools.partial(cu.roi_pool.launch_forward_with_argmax, layout=layout)
+            backward = functools.partial(cu.roi_pool.launch_backward_from_argmax, layout=layout)
             returned = forward(x, rois, out, argmax, SCALE)
             assert returned[0] is out and returned[1] is argmax
             assert backward(rois, out, argmax, grad_x) is grad_x
             assert not grad_x.copy_to_host().any()
-
-
-def test_same_signatures_as_nchw():
-    for name in ("launch_roi_pool_forward_with_argmax", "launch_roi_pool_backward_from_argmax"):
-        nhwc = inspect.signature(getattr(cu, f"{name}_nhwc"))
-        assert nhwc == inspect.signature(getattr(cu, name)), name
 
 
 def test_forward_launch_errors_name_the_argument():
@@ -255,7 +245,7 @@ def test_forward_launch_errors_name_the_argument():
     rois = d(np.zeros((3, 5), np.float32))
     out = cuda.device_array((3, 2, 2, 2), np.float32)
     argmax = cuda.device_array((3, 2, 2, 2), np.int64)
-    forward = cu.launch_roi_pool_forward_with_argmax
+    forward = cu.roi_pool.launch_forward_with_argmax
 
     with pytest.raises(TypeError, match="argmax must have dtype int64, got int32"):
         forward(x, rois, out, cuda.device_array((3, 2, 2, 2), np.int32), 1.0)
@@ -269,7 +259,7 @@ def test_forward_launch_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"out must have shape \[K=3, C=2, PH, PW\]"):
         forward(x, rois, cuda.device_array((3, 3, 2, 2), np.float32), argmax, 1.0)
     with pytest.raises(ValueError, match=r"out must have shape \[K=3, PH, PW, C=4\]"):
-        cu.launch_roi_pool_forward_with_argmax_nhwc(x, rois, out, argmax, 1.0)
+        cu.roi_pool.launch_forward_with_argmax(x, rois, out, argmax, 1.0, layout="channels_last")
     with pytest.raises(TypeError, match="rois must have dtype float32"):
         forward(x, d(np.zeros((3, 5))), out, argmax, 1.0)
     with pytest.raises(ValueError, match="spatial_scale"):
@@ -282,7 +272,7 @@ def test_backward_launch_errors_name_the_argument():
     rois = d(np.zeros((3, 5), np.float32))
     grad_out = d(np.zeros((3, 2, 2, 2), np.float32))
     argmax = d(np.zeros((3, 2, 2, 2), np.int64))
-    backward = cu.launch_roi_pool_backward_from_argmax
+    backward = cu.roi_pool.launch_backward_from_argmax
 
     with pytest.raises(TypeError, match="argmax must have dtype int64, got float32"):
         backward(rois, grad_out, grad_out, grad_x)
@@ -294,7 +284,9 @@ def test_backward_launch_errors_name_the_argument():
         backward(rois, d(np.zeros((3, 1, 2, 2), np.float32)), argmax, grad_x)  # C != 2
     with pytest.raises(ValueError, match=r"grad_out must have shape \[K=3, PH, PW, C=4\]"):
         # NHWC grad_x [1, 2, 4, 4] has C = 4: an NCHW grad_out does not fit it
-        cu.launch_roi_pool_backward_from_argmax_nhwc(rois, grad_out, argmax, grad_x)
+        cu.roi_pool.launch_backward_from_argmax(
+            rois, grad_out, argmax, grad_x, layout="channels_last"
+        )
     with pytest.raises(ValueError, match=r"grad_x must have shape \[N, C, H, W\]"):
         backward(rois, grad_out, argmax, d(np.zeros((2, 4, 4), np.float32)))
     with pytest.raises(TypeError, match="grad_x must have dtype float32 or float64"):

@@ -31,7 +31,7 @@ def test_every_kernel_compiles_to_ptx():
         pytest.skip(f"no CUDA toolkit to compile with: {proc.stderr.strip()[-200:]}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "sm_90: all kernels compiled" in proc.stdout
-    row = r"^ok\s+(\w+) (float32|float64) (nchw|nhwc)\s+\d+ chars of PTX, (\d+) atomics"
+    row = r"^ok\s+(\w+\.\w+) (float32|float64) (nchw|channels_last)\s+\d+ chars of PTX, (\d+)"
     rows = re.findall(row, proc.stdout, re.M)
     assert len(rows) == 32  # 10 kernels x 2 dtypes, 6 of them in 2 layouts
     for name, _, _, atomics in rows:

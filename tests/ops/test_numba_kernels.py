@@ -1,6 +1,6 @@
 """The numba backend's own tests: what its design could get wrong.
 
-``refimpl.ops.cpu`` reorders the work of the python backend (separable taps, channels-last,
+``refimpl.ops.numba`` reorders the work of the python backend (separable taps, channels-last,
 channel-block partitioned backward, one thread for small inputs), so it is checked here
 against the python backend on awkward boxes, for bitwise reproducibility across thread
 counts where many RoIs scatter into the same pixels, and for float32 arithmetic in
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from refimpl.ops import BACKENDS
+from refimpl.ops.numba import _compile
 from tests.conftest import assert_close
 
 cpu = BACKENDS["numba"]
@@ -163,7 +164,7 @@ BACKWARDS = {
 @pytest.fixture
 def parallel_everything(monkeypatch):
     """Run every input in parallel, however small, and restore the thread count after."""
-    monkeypatch.setattr(cpu, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_compile, "PARALLEL_MIN_WORK", 0)
     saved = numba.get_num_threads()
     yield
     numba.set_num_threads(saved)
@@ -172,7 +173,8 @@ def parallel_everything(monkeypatch):
 @needs_two_threads
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", list(BACKWARDS))
-def test_backward_is_bitwise_reproducible_across_runs_and_threads(op, dtype, parallel_everything):
+@pytest.mark.usefixtures("parallel_everything")
+def test_backward_is_bitwise_reproducible_across_runs_and_threads(op, dtype):
     x, rois, grad = _crowded(dtype)
     backward = BACKWARDS[op]
     numba.set_num_threads(2)
@@ -189,7 +191,8 @@ def test_backward_is_bitwise_reproducible_across_runs_and_threads(op, dtype, par
 
 @needs_two_threads
 @pytest.mark.parametrize("op", list(BACKWARDS))
-def test_parallel_backward_matches_python(op, parallel_everything):
+@pytest.mark.usefixtures("parallel_everything")
+def test_parallel_backward_matches_python(op):
     """No update lost or doubled: the parallel scatter equals the serial definition."""
     x, rois, grad = _crowded(np.float64, channels=4, n_rois=30)
     numba.set_num_threads(2)
@@ -197,7 +200,8 @@ def test_parallel_backward_matches_python(op, parallel_everything):
 
 
 @needs_two_threads
-def test_avg_backward_conserves_the_gradient(parallel_everything):
+@pytest.mark.usefixtures("parallel_everything")
+def test_avg_backward_conserves_the_gradient():
     """Boxes well inside: every bin's bilinear weights sum to 1, so the input gradient sums
     to the output gradient, channel by channel, whatever the overlaps."""
     x, rois, grad = _crowded(np.float64, channels=16, n_rois=400)
@@ -208,7 +212,8 @@ def test_avg_backward_conserves_the_gradient(parallel_everything):
 
 @needs_two_threads
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_forward_does_not_depend_on_threads(dtype, parallel_everything):
+@pytest.mark.usefixtures("parallel_everything")
+def test_forward_does_not_depend_on_threads(dtype):
     x, rois, _ = _crowded(dtype)
     outputs = []
     for threads in (1, 2):
