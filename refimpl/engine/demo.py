@@ -4,48 +4,50 @@ COCO box and mask AP -> a figure of predictions (``python -m refimpl demo``).
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
+from refimpl.argtypes import NONNEGATIVE_FLOAT, POSITIVE_INT, SEED
+from refimpl.data import CocoDetection, split_paths
+from refimpl.data.shapes import SHAPES, dataset_matches, write_shapes_dataset
+
+from . import viz
+from .checkpoint import load_model
+from .config import PRESETS, TrainConfig
+from .evaluate import format_metrics
+from .predict import predict
+from .train import train
+
 DEMO_DATA = {"train": 2000, "val": 200}  # shapes images; the training settings: PRESETS
 
 
 def add_arguments(p) -> None:
-    from refimpl.engine.train import PRESETS
-
     preset = PRESETS["shapes-demo"]
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--data", default="data/generated/shapes", help="shapes dataset (reused)")
-    p.add_argument("--train", type=int, default=DEMO_DATA["train"], help="training images")
-    p.add_argument("--val", type=int, default=DEMO_DATA["val"], help="validation images")
+    p.add_argument("--train", type=POSITIVE_INT, default=DEMO_DATA["train"], help="training images")
+    p.add_argument("--val", type=POSITIVE_INT, default=DEMO_DATA["val"], help="validation images")
     p.add_argument(
         "--time-budget",
-        type=float,
+        type=NONNEGATIVE_FLOAT,
         default=preset["time_budget_s"] / 60,
         metavar="MINUTES",
         help="training time (0: run all --iters)",
     )
-    p.add_argument("--iters", type=int, default=preset["iters"], help="at most this many")
-    p.add_argument("--batch-size", type=int, default=preset["batch_size"])
-    p.add_argument("--lr", type=float, default=preset["lr"])
+    p.add_argument("--iters", type=POSITIVE_INT, default=preset["iters"], help="at most this many")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=preset["batch_size"])
+    p.add_argument("--lr", type=NONNEGATIVE_FLOAT, default=preset["lr"])
     p.add_argument("--model", default=preset["model"], help="small | resnet50 | module:builder")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=POSITIVE_INT, help="torch threads (default: all cores)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     p.add_argument("--no-progress", action="store_true")
 
 
 def main(args) -> int:
     """Shapes data -> train -> COCO AP -> a figure: the whole pipeline, timed."""
-    import json
-    import time
-    from pathlib import Path
-
-    from refimpl.data import CocoDetection, split_paths
-    from refimpl.data.shapes import SHAPES, dataset_matches, write_shapes_dataset
-    from refimpl.engine import viz
-    from refimpl.engine.evaluate import format_metrics
-    from refimpl.engine.predict import predict
-    from refimpl.engine.train import PRESETS, TrainConfig, load_model, train
-
     t0 = time.perf_counter()
     out, data = Path(args.out), Path(args.data)
     if not all(

@@ -28,6 +28,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from refimpl.argtypes import POSITIVE_INT
+from refimpl.data import CocoDetection, split_paths
+
+from .checkpoint import load_model
+from .threads import set_threads
+
 STAT_NAMES = (
     "AP",
     "AP50",
@@ -182,16 +188,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="metrics JSON to write")
     parser.add_argument("--split", default="val")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=4)
+    parser.add_argument("--max-images", type=POSITIVE_INT, default=None)
+    parser.add_argument("--threads", type=POSITIVE_INT, default=None)
 
 
 def main(args) -> int:
-    from refimpl.data import CocoDetection, split_paths
-
-    from .train import load_model, set_threads
-
     set_threads(args.threads)
     model, ckpt = load_model(args.checkpoint, args.device)
     dataset = CocoDetection(*split_paths(args.data, args.split))

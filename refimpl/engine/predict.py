@@ -15,7 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from refimpl.argtypes import FRACTION, POSITIVE_INT
+
 from . import viz
+from .checkpoint import load_model
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
@@ -79,14 +82,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--images", nargs="+", required=True, help="image files or directories")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--score-threshold", type=float, default=0.5)
+    parser.add_argument("--score-threshold", type=FRACTION, default=0.5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=4)
 
 
 def main(args) -> int:
-    from .train import load_model
-
     model, ckpt = load_model(args.checkpoint, args.device)
     class_names = ckpt.get("class_names")
     files = image_files(args.images)

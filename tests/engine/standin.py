@@ -16,7 +16,7 @@ import signal
 import torch
 from torch import nn
 
-LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+from refimpl.model import LOSS_NAMES
 
 
 class StandInMaskRCNN(nn.Module):
