@@ -10,3 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,course]"
+# The autograder runs each notebook in a bubblewrap sandbox (docs/instructors.md); without it, it warns and grades unsandboxed.
+command -v bwrap >/dev/null 2>&1 || echo "setup.sh: bubblewrap not found: the autograder needs it to sandbox submissions (sudo apt-get install bubblewrap)" >&2

@@ -9,4 +9,4 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -m "not cudasim" --ignore=tests/cuda "$@"
-NUMBA_ENABLE_CUDASIM=1 .venv/bin/python -m pytest -m cudasim tests/cuda tests/grading/test_07_cuda.py "$@"
+NUMBA_ENABLE_CUDASIM=1 .venv/bin/python -m pytest -m cudasim tests/cuda refimpl/course/grading/test_07_cuda.py "$@"

@@ -4,7 +4,7 @@
 ``release.py``      ``python -m refimpl.course.release [--check]``: ``exercises/`` from
                     ``solutions/`` with nbgrader's own preprocessors
 ``grade.py``        ``python -m refimpl.grade PATH``: grade exercise notebooks against
-                    ``tests/grading/`` (one test module per exercise)
+                    ``grading/`` (one test module per exercise, shipped with the package)
 ``runner.py``       the grading worker: the learner's cells and the tests, in their own
                     process, every cell and every test time-limited
 ``checks.py``       what grading tests use: ``@points``, comparisons that explain

@@ -1,25 +1,39 @@
-"""What the grading tests in ``tests/grading/`` are written with.
+"""What the grading tests in ``refimpl/course/grading/`` are written with.
 
-A grading module holds ``test_*`` functions, each taking the learner's submission (``sub``,
-the namespace their notebook built) and worth some points::
+A grading module holds ``test_*`` functions, each taking the learner's submission ``sub``
+and worth some points::
 
-    from refimpl.course.checks import check_array, points
+    from refimpl.course.checks import case, check_array, describe, points
 
     @points(2)
-    def test_forward_known_answer(sub):
-        \"\"\"forward: a 4x4 map, one box, known answer\"\"\"
-        check_array(sub.roi_pool_forward(x, rois, 2), expected, "roi_pool_forward(x, rois, 2)")
+    def test_forward_random(sub):
+        \"\"\"forward: random maps and boxes\"\"\"
+        x, rois = case(seed=20, n=2, c=3, h=9, w=11, k=8, spatial_scale=0.5)
+        check_array(sub.roi_pool_forward(x, rois, 2, 0.5), ref_forward(x, rois, 2, 0.5),
+                    "y", inputs=describe("roi_pool_forward", x=x, rois=rois, output_size=2,
+                                         spatial_scale=0.5))
 
-Points come from ``@points(n)`` or from a module-level ``POINTS = {"test_name": n}`` (default
-1); the first line of the docstring is the title learners see. A test fails by raising:
-``Feedback`` (an ``AssertionError``) carries a message written for the learner, anything else
-is reported with the part of its traceback that lies in the learner's cells.
+``sub`` is the learner's namespace: under ``python -m refimpl.grade`` a proxy to the
+sandbox (:class:`refimpl.course.remote.RemoteSubmission`: every call crosses it as data),
+under pytest the namespace itself (:class:`LocalSubmission`); both have the same API
+(``sub.f(...)``, ``sub.f.call_with_args(...)``, ``sub.has``, ``sub.value``,
+``sub.differentiable``, probes). Points come from ``@points(n)`` (``long=True``: only with
+``--long``) or a module-level ``POINTS = {"test_name": n}`` (default 1); the first line of
+the docstring is the title learners see. A test fails by raising: :class:`Feedback` (an
+``AssertionError``) carries a message written for the learner, anything else is reported
+with the part of its traceback that lies in the learner's cells.
+
+A grading module may also set ``GIVENS`` (what the sandbox may import from refimpl,
+:mod:`refimpl.course.givens`), ``ENVIRONMENT`` (variables the sandbox starts with) and
+``LIMIT_HINT`` (what to suggest when the learner's code runs past its CPU time).
 """
 
 from __future__ import annotations
 
 import inspect
+import textwrap
 import types
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +53,14 @@ def fail(message: str) -> None:
     raise Feedback(message)
 
 
-def points(n: float, timeout: float | None = None) -> Callable:
-    """Give a test ``n`` points (and optionally its own time limit in seconds)."""
+def points(n: float, timeout: float | None = None, long: bool = False) -> Callable:
+    """Give a test ``n`` points; ``timeout``: a CPU-time floor of its own (seconds);
+    ``long``: a test of the long tier, run only with ``--long``."""
 
     def mark(fn: Callable) -> Callable:
         fn.points = float(n)
         fn.timeout = timeout
+        fn.long = long
         return fn
 
     return mark
@@ -57,6 +73,7 @@ class GradingTest:
     points: float
     timeout: float | None
     fn: Callable
+    long: bool = False
 
 
 def collect_tests(module: types.ModuleType) -> list[GradingTest]:
@@ -71,15 +88,75 @@ def collect_tests(module: types.ModuleType) -> list[GradingTest]:
         doc = inspect.getdoc(fn)
         title = doc.splitlines()[0].strip() if doc else name
         pts = float(getattr(fn, "points", table.get(name, 1.0)))
-        tests.append(GradingTest(name, title, pts, getattr(fn, "timeout", None), fn))
+        timeout, long = getattr(fn, "timeout", None), bool(getattr(fn, "long", False))
+        tests.append(GradingTest(name, title, pts, timeout, fn, long))
     return tests
 
 
-# --- the learner's namespace ---------------------------------------------------------------
+# --- probes: small functions of a test that run inside the sandbox --------------------------
 
 
-class Submission:
-    """The learner's notebook as the tests see it: ``sub.roi_pool_forward`` and so on.
+class Probe:
+    """A function ``fn(namespace, *args) -> data`` run where the learner's code runs.
+
+    Its source travels to the sandbox as text, so it must be self-contained (imports
+    inside). Call it as ``probe_fn(sub, *args)``. What it returns is untrusted: compare
+    numbers with values computed in the test wherever possible.
+    """
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.name = fn.__name__
+        lines = textwrap.dedent(inspect.getsource(fn)).splitlines(True)
+        while lines and lines[0].lstrip().startswith("@"):
+            lines.pop(0)  # the decorator
+        self.source = "".join(lines)
+
+    def __call__(self, sub: Any, *args: Any) -> Any:
+        return sub.probe(self, *args)
+
+
+def probe(fn: Callable) -> Probe:
+    return Probe(fn)
+
+
+# --- the learner's namespace, in this process (pytest) -------------------------------------
+
+
+def imported_message(name: str, value: Any) -> str | None:
+    """Why ``value`` is not the learner's own ``name`` (a function from another module)."""
+    module = getattr(value, "__module__", SUBMISSION_MODULE)
+    if (inspect.isfunction(value) or inspect.isbuiltin(value)) and module not in (
+        SUBMISSION_MODULE,
+        None,
+    ):
+        return (
+            f"`{name}` is `{module}.{getattr(value, '__qualname__', name)}`, imported "
+            "rather than written in your notebook: the exercise is to write it"
+        )
+    return None
+
+
+class LocalFunction:
+    """The in-process twin of :class:`refimpl.course.remote.RemoteFunction`."""
+
+    def __init__(self, value: Any):
+        self._value = value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._value(*args, **kwargs)
+
+    def __getattr__(self, attr: str) -> LocalFunction:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return LocalFunction(getattr(self._value, attr))
+
+    def call_with_args(self, *args: Any, **kwargs: Any) -> tuple[Any, tuple]:
+        return self._value(*args, **kwargs), args
+
+
+class LocalSubmission:
+    """The learner's notebook as the tests see it, in this process: ``sub.roi_pool_forward``.
 
     A name the notebook does not define fails the test with a message saying so (and which
     cells raised, since a failing cell is the usual reason); a function imported from
@@ -89,29 +166,39 @@ class Submission:
     def __init__(self, namespace: dict[str, Any], cell_errors: list[str] | None = None):
         self._namespace = namespace
         self._cell_errors = list(cell_errors or [])
+        self.printed: list[str] = []
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
+    def _get(self, name: str) -> Any:
         if name not in self._namespace:
             message = f"your notebook does not define `{name}`"
             if self._cell_errors:
                 message += f" (maybe because {self._cell_errors[0]})"
             fail(message)
         value = self._namespace[name]
-        module = getattr(value, "__module__", SUBMISSION_MODULE)
-        if (inspect.isfunction(value) or inspect.isbuiltin(value)) and module not in (
-            SUBMISSION_MODULE,
-            None,
-        ):
-            fail(
-                f"`{name}` is `{module}.{getattr(value, '__qualname__', name)}`, imported "
-                "rather than written in your notebook: the exercise is to write it"
-            )
+        why = imported_message(name, value)
+        if why:
+            fail(why)
         return value
+
+    def __getattr__(self, name: str) -> LocalFunction:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return LocalFunction(self._get(name))
 
     def has(self, name: str) -> bool:
         return name in self._namespace
+
+    def value(self, name: str) -> Any:
+        return self._get(name)
+
+    def probe(self, probe: Probe, *args: Any) -> Any:
+        return probe.fn(self._namespace, *args)
+
+    def differentiable(self, name: str) -> Callable:
+        return self._get(name)
+
+
+Submission = LocalSubmission  # the name older test code used
 
 
 # --- comparisons that explain themselves ---------------------------------------------------
@@ -123,19 +210,106 @@ def _short(v: Any) -> str:
     return repr(v.item() if isinstance(v, np.generic) else v)
 
 
-def describe(**arguments: Any) -> str:
-    """A compact account of a call's inputs for feedback: small arrays in full, others by shape."""
-    parts = []
+# Arrays made by :func:`case` remember the one line that makes them again, keyed by their
+# memory (so a torch.from_numpy view of one is recognised too).
+_RECIPES: dict[tuple, tuple[weakref.ref, str, str]] = {}
+
+
+def _key(v: Any) -> tuple | None:
+    if isinstance(v, np.ndarray):
+        return (v.__array_interface__["data"][0], v.shape, v.dtype.name)
+    if type(v).__module__.startswith("torch") and hasattr(v, "data_ptr"):
+        return (v.data_ptr(), tuple(v.shape), str(v.dtype).removeprefix("torch."))
+    return None
+
+
+def _remember(arrays: dict[str, np.ndarray], recipe: str) -> None:
+    for var, arr in arrays.items():
+        _RECIPES[_key(arr)] = (weakref.ref(arr), var, recipe)
+
+
+def _recipe_of(v: Any) -> tuple[str, str] | None:
+    key = _key(v)
+    entry = _RECIPES.get(key) if key is not None else None
+    if entry is None or entry[0]() is None:
+        return None
+    return entry[1], entry[2]
+
+
+def case(
+    seed: int,
+    n: int = 1,
+    c: int = 1,
+    h: int = 6,
+    w: int = 6,
+    k: int = 4,
+    spatial_scale: float = 1.0,
+    dtype: str = "float64",
+    grad: tuple[int, int] | None = None,
+    **roi_kwargs: Any,
+) -> tuple[np.ndarray, ...]:
+    """``(x, rois)`` (and ``grad_output`` of ``[k, c, *grad]`` with ``grad=(PH, PW)``) from
+    ``seed`` alone: :func:`random_features` ``[n, c, h, w]`` and ``k`` :func:`random_rois`
+    at ``spatial_scale``, in ``dtype``. Feedback prints this call, so a learner can rebuild
+    the inputs of a failing test with ``from refimpl.course import checks``."""
+    rng = np.random.default_rng(seed)
+    x = random_features(rng, n, c, h, w, np.dtype(dtype))
+    rois = random_rois(rng, k, n, h, w, spatial_scale, **roi_kwargs).astype(dtype)
+    shown = {"seed": seed, "n": n, "c": c, "h": h, "w": w, "k": k}
+    shown.update(spatial_scale=spatial_scale, **roi_kwargs)
+    if dtype != "float64":
+        shown["dtype"] = dtype
+    arrays = {"x": x, "rois": rois}
+    if grad is not None:
+        shown["grad"] = tuple(grad)
+        arrays["grad_output"] = rng.normal(size=(k, c, *grad)).astype(dtype)
+    args = ", ".join(f"{name}={v!r}" for name, v in shown.items())
+    _remember(arrays, f"{', '.join(arrays)} = checks.case({args})")
+    return tuple(arrays.values())
+
+
+def literal(v: Any) -> str:
+    """Python source that rebuilds a small array or tensor exactly."""
+    if _key(v) is not None and not isinstance(v, np.ndarray):
+        arr = v.detach().cpu().numpy()
+        return f"torch.tensor({arr.tolist()!r}, dtype=torch.{arr.dtype.name})"
+    if isinstance(v, np.ndarray):
+        return f"np.array({v.tolist()!r}, dtype=np.{v.dtype.name})"
+    return repr(v)
+
+
+def describe(fn: str | None = None, /, **arguments: Any) -> str:
+    """How to rebuild a call's inputs (and, with ``fn``, make the call) in a notebook:
+    arrays from :func:`case` by their recipe, small ones as literals, others by shape."""
+    setup: list[str] = []
+    call: list[str] = []
     for name, v in arguments.items():
-        if isinstance(v, np.ndarray):
-            if v.size <= 20:
-                text = np.array2string(v, separator=", ", precision=6, max_line_width=200)
-                parts.append(f"{name}={' '.join(text.split())}")
-            else:
-                parts.append(f"{name}=<{v.dtype} array of shape {list(v.shape)}>")
+        recipe = _recipe_of(v)
+        tensor = _key(v) is not None and not isinstance(v, np.ndarray)
+        if recipe is not None:
+            var, line = recipe
+            if line not in setup:
+                setup.append(line)
+            call.append(f"torch.from_numpy({var})" if tensor else var)
+        elif _key(v) is not None and int(np.prod(tuple(v.shape))) <= 64:
+            setup.append(f"{name} = {literal(v)}")
+            call.append(name)
+        elif _key(v) is not None:
+            setup.append(
+                f"# {name}: a {str(v.dtype).removeprefix('torch.')} array of shape {list(v.shape)}"
+            )
+            call.append(name)
         else:
-            parts.append(f"{name}={v!r}")
-    return ", ".join(parts)
+            call.append(repr(v))
+    if any("checks.case(" in line for line in setup):
+        setup.insert(0, "from refimpl.course import checks")
+    if fn is None:
+        return "inputs:\n" + "\n".join(
+            "    " + line for line in setup + ([", ".join(call)] if not setup else [])
+        )
+    return "to reproduce:\n" + "\n".join(
+        "    " + line for line in [*setup, f"{fn}({', '.join(call)})"]
+    )
 
 
 def as_array(got: Any, what: str) -> np.ndarray:
@@ -163,16 +337,19 @@ def check_array(
     check_dtype: bool = True,
     inputs: str = "",
     rois: np.ndarray | None = None,
+    hints: list[tuple[str, Callable[[], Any]]] = (),
 ) -> None:
     """``got`` has ``expected``'s shape (and dtype) and values, or a failure that says where not.
 
     The message names the call (``what``), the first mismatching index with both values, how
     many values differ and the largest error; ``inputs`` (see :func:`describe`) is appended,
     and with ``rois`` (for outputs indexed by RoI first) the RoI of the first mismatch.
+    ``hints``: ``(likely cause, what a typical bug gives)`` pairs; when ``got`` equals one of
+    those, the cause is named.
     """
     expected = np.asarray(expected)
     got = as_array(got, what)
-    suffix = f"\n  inputs: {inputs}" if inputs else ""
+    suffix = "\n" + textwrap.indent(inputs, "  ") if inputs else ""
     if got.shape != expected.shape:
         fail(f"{what}: expected shape {expected.shape}, got {got.shape}{suffix}")
     if check_dtype and got.dtype != expected.dtype:
@@ -193,6 +370,9 @@ def check_array(
     if rois is not None and len(index) > 1 and index[0] < len(rois):
         roi = ", ".join(f"{v:.6g}" for v in np.asarray(rois)[index[0]].tolist())
         suffix = f"\n  RoI {index[0]}: ({roi})" + suffix
+    cause = likely_cause(g, hints, rtol, atol)
+    if cause:
+        suffix = f"\n  likely cause: {cause}" + suffix
     fail(
         f"{what}: {int(bad.sum())} of {got.size} values differ (largest error {err:.3g});"
         f" the first at index {index}: expected {_short(expected[index])},"
@@ -200,9 +380,23 @@ def check_array(
     )
 
 
+def likely_cause(
+    got: np.ndarray, hints: list[tuple[str, Callable[[], Any]]], rtol: float, atol: float
+) -> str | None:
+    """The first hint whose typical-bug output ``got`` equals."""
+    for cause, variant in hints:
+        try:
+            v = np.asarray(variant(), dtype=np.float64)
+        except Exception:  # a variant that cannot be computed for these inputs
+            continue
+        if v.shape == got.shape and np.allclose(got, v, rtol=rtol, atol=atol, equal_nan=True):
+            return cause
+    return None
+
+
 def check_equal(got: Any, expected: Any, what: str, *, inputs: str = "") -> None:
     """Exact equality of plain values (ints, tuples, ...)."""
-    suffix = f"\n  inputs: {inputs}" if inputs else ""
+    suffix = "\n" + textwrap.indent(inputs, "  ") if inputs else ""
     if got != expected:
         fail(f"{what}: expected {expected!r}, got {got!r}{suffix}")
 

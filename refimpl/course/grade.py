@@ -1,36 +1,44 @@
 """The autograder: ``python -m refimpl.grade PATH... [--json results.json] [--hidden DIR]
-[--timeout S]``.
+[--long] [--exercise NAME] [--sandbox bwrap|unshare|none] [--timeout S] [--jobs N]``.
 
 ``PATH`` is an exercise notebook or a folder of them (searched recursively). Each notebook is
 matched to its grading module by name: ``02_roi_pool.ipynb`` (or a renamed copy that still
-starts with ``02``) is graded by ``tests/grading/test_02_roi_pool.py``, plus
-``DIR/test_02_roi_pool.py`` from ``--hidden DIR`` (an instructor's hidden tests: visibility
-``"hidden"`` in results.json, and left out of the printed report unless ``--show-hidden``).
+starts with ``02``) is graded by ``refimpl/course/grading/test_02_roi_pool.py`` (shipped
+with the package), plus ``DIR/test_02_roi_pool.py`` from ``--hidden DIR`` (an instructor's
+hidden tests: visibility ``"hidden"`` in results.json, left out of the printed report).
 
-What is graded: the notebook's code cells in order, except the notebook's own check cells
-(nbgrader grade cells that are not solution cells) and cells tagged ``skip-grading`` or
-``skip-execution``. IPython magics and shell escapes (``%...``, ``!...``, ``%%...``) do
-nothing, except that the body of a ``%%time``, ``%%timeit`` or ``%%capture`` cell runs. The
-cells and the tests run in a separate process (:mod:`refimpl.course.runner`), every cell
-and every test limited to ``--timeout`` seconds; a cell that raises is reported and the
-rest still runs; a notebook that cannot be read scores 0 on its tests with the reason, and
-the other notebooks are graded as usual. The exit status is 0 whenever grading ran (whatever the
-score), 2 for a usage error.
+Trust: the grading tests, the references they compare with and the scoring run here, in
+the grader's process. The notebook's code runs in a sandbox (:mod:`refimpl.course.sandbox`)
+that cannot see the tests, the hidden tests, ``solutions/`` or refimpl's reference
+implementations (only the exercise's givens, :mod:`refimpl.course.givens`); the tests call
+the learner's functions through :mod:`refimpl.course.remote` (data only, both ways). The
+threat model and what the sandbox guarantees: ``docs/instructors.md``.
 
-A grading module may set ``ENVIRONMENT = {"NAME": "value"}``: variables its worker process
-starts with, e.g. numba's fork-safe ``workqueue`` threading layer (every test runs in a
-forked process) or ``NUMBA_ENABLE_CUDASIM`` (read when numba is first imported).
+What runs: the notebook's code cells in order, except its own check cells (nbgrader grade
+cells that are not solution cells) and cells tagged ``skip-grading`` or ``skip-execution``.
+IPython magics and shell escapes do nothing, except that the body of a ``%%time``,
+``%%timeit`` or ``%%capture`` cell runs. Cells are named as JupyterLab shows them: the n-th
+code cell, with its first line.
+
+Limits are CPU time, not wall time, per cell and per test: ``max(floor, 10 x`` what the
+reference solution needs``)`` (``grading/calibration.json``; NOT YET
+shipped, so for now every limit is the floor; ``--timeout`` sets the floor, 10 s), with a
+wall-clock backstop (``max(30 s, 4 x`` the CPU limit``)``) against code that sleeps. A cell
+that raises or runs past its limit is reported and the rest still runs; a test that
+crashes, exits or runs past its limit scores 0 and the others still run (a fresh sandbox
+if needed). Tests marked ``@points(n, long=True)`` run only with ``--long``.
+
+The exit status is 0 whenever grading ran (whatever the score), 2 for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib.util
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +46,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks import GradingTest, collect_tests
+from .checks import Feedback, GradingTest, collect_tests
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_TESTS = REPO / "tests" / "grading"
-DEFAULT_TIMEOUT = 10.0
+GRADING = Path(__file__).resolve().parent / "grading"
+DEFAULT_TESTS = GRADING
+CALIBRATION = GRADING / "calibration.json"
+DEFAULT_TIMEOUT = 10.0  # the CPU-time floor of every cell and test, seconds
+CPU_MULTIPLE = 10.0  # limit = max(floor, CPU_MULTIPLE x the reference solution's CPU time)
+WALL_FLOOR_S, WALL_MULTIPLE = 30.0, 4.0  # the wall-clock backstop
 SKIP_TAGS = {"skip-grading", "skip-execution"}
-WORKER_SLACK_S = 60.0  # the worker's budget beyond its cells' and tests' limits (startup, ...)
+MAX_FEEDBACK = 4000  # characters of one test's feedback
+HIDDEN_ERROR = "the hidden test could not run to its end on your code ({})"
+PASS_ENV = ("NUMBA_", "OMP_", "MKL_", "OPENBLAS_", "ATEN_CPU_CAPABILITY")
 
 
 class NotebookError(Exception):
@@ -61,6 +74,7 @@ class TestResult:
     status: str = "not run"
     output: str = ""
     visibility: str = "visible"
+    cpu_s: float = 0.0
 
 
 @dataclass
@@ -69,7 +83,10 @@ class NotebookResult:
     exercise: str | None
     tests: list[TestResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    cells: list[dict[str, Any]] = field(default_factory=list)  # cpu per cell (calibration)
+    skipped_long: int = 0
 
     @property
     def score(self) -> float:
@@ -78,6 +95,21 @@ class NotebookResult:
     @property
     def max_score(self) -> float:
         return sum(t.max_score for t in self.tests)
+
+
+# --- learner text in the report -----------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f\u2028\u2029]")
+
+
+def learner_text(text: str, limit: int = MAX_FEEDBACK) -> str:
+    """Untrusted text, safe to print: control characters escaped, every line behind a
+    ``| `` (so that nothing the learner prints can pass for a score line), cut short."""
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + f"\n... ({len(text) - limit} more characters)"
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return "\n".join("| " + line for line in text.splitlines())
 
 
 # --- which notebooks, which tests ------------------------------------------------------------
@@ -129,9 +161,14 @@ def read_notebook(path: Path) -> dict[str, Any]:
     return nb
 
 
-def _source(cell: dict[str, Any]) -> str:
+def _source(cell: dict[str, Any]) -> str | None:
+    """The cell's text, or None when its ``source`` is neither text nor a list of text."""
     src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
+    if isinstance(src, str):
+        return src
+    if isinstance(src, list) and all(isinstance(s, str) for s in src):
+        return "".join(src)
+    return None
 
 
 def _python_source(source: str) -> str:
@@ -152,43 +189,139 @@ def _python_source(source: str) -> str:
         return source
 
 
+def cell_name(number: int, source: str) -> str:
+    """``code cell 3 ("def roi_pool_backward(x, rois, ...")``, as a learner finds it."""
+    first = next((line.strip() for line in source.splitlines() if line.strip()), "")
+    if len(first) > 48:
+        first = first[:45] + "..."
+    return f'code cell {number} ("{first}")' if first else f"code cell {number}"
+
+
+def _skipped(meta: Any) -> bool:
+    meta = meta if isinstance(meta, dict) else {}
+    tags = meta.get("tags")
+    if isinstance(tags, list) and SKIP_TAGS & {str(t) for t in tags}:
+        return True
+    grader = meta.get("nbgrader")
+    # the notebook's own checks: grading uses the grading tests
+    return isinstance(grader, dict) and bool(grader.get("grade")) and not grader.get("solution")
+
+
 def grading_cells(nb: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The cells to run, as ``{"index": 1-based position in the notebook, "source"}``."""
-    cells, notes = [], []
+    """The cells to run, ``{"number": n-th code cell, "name", "source", "index"}``."""
+    cells, notes, number = [], [], 0
     for position, cell in enumerate(nb["cells"], start=1):
         if not isinstance(cell, dict):
-            notes.append(f"cell {position} is damaged (not a JSON object); skipped")
+            notes.append(f"cell {position} of the notebook is damaged (not a JSON object); skipped")
             continue
         if cell.get("cell_type") != "code":
             continue
-        meta = cell.get("metadata")
-        meta = meta if isinstance(meta, dict) else {}
-        tags = meta.get("tags")
-        if isinstance(tags, list) and SKIP_TAGS & set(map(str, tags)):
+        number += 1
+        text = _source(cell)
+        if text is None:
+            notes.append(f"code cell {number}'s source is not text (damaged); skipped")
             continue
-        grader = meta.get("nbgrader")
-        if isinstance(grader, dict) and grader.get("grade") and not grader.get("solution"):
-            continue  # the notebook's own checks: grading uses tests/grading
-        source = _python_source(_source(cell))
+        if _skipped(cell.get("metadata")):
+            continue
+        source = _python_source(text)
         if source.strip():
-            cells.append({"index": position, "source": source})
+            name = cell_name(number, text)
+            cells.append({"number": number, "name": name, "source": source, "index": position})
     return cells, notes
 
 
-def load_tests(path: Path) -> list[GradingTest]:
-    from .runner import load_module
+def load_module(path: str | Path, name: str | None = None):
+    """Import a grading module from its file (the package's or an instructor's folder)."""
+    path = Path(path)
+    name = name or f"_grading_{abs(hash(str(path.resolve())))}_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
+
+def load_tests(path: Path) -> list[GradingTest]:
     return collect_tests(load_module(path))
 
 
-def load_environment(path: Path) -> dict[str, str]:
-    """A grading module's ``ENVIRONMENT = {"NAME": "value"}``: variables its worker needs set
-    before the learner's cells run (e.g. ``NUMBA_ENABLE_CUDASIM``, read when numba is first
-    imported); empty when the module has none."""
-    from .runner import load_module
+# --- limits ----------------------------------------------------------------------------------
 
-    env = getattr(load_module(path), "ENVIRONMENT", {})
-    return {str(k): str(v) for k, v in env.items()}
+
+def calibration() -> dict[str, Any]:
+    """``{exercise: {"cell_cpu_s": s, "tests": {name: s}}}``: the reference solution's CPU."""
+    try:
+        return json.loads(CALIBRATION.read_text()).get("exercises", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def cpu_limit(reference: float | None, floor: float) -> float:
+    return max(floor, CPU_MULTIPLE * (reference or 0.0))
+
+
+def wall_limit(cpu_s: float) -> float:
+    return max(WALL_FLOOR_S, WALL_MULTIPLE * cpu_s)
+
+
+def sandbox_env(extra: dict[str, str]) -> dict[str, str]:
+    """The sandbox's whole environment: nothing of the grader's but thread settings."""
+    from .sandbox import WORKDIR
+
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": WORKDIR,
+        "TMPDIR": "/tmp",
+        "MPLBACKEND": "Agg",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "1",
+        "MALLOC_ARENA_MAX": "2",
+        "NUMBA_CACHE_DIR": "/tmp/numba-cache",
+        "NUMBA_NUM_THREADS": str(min(2, os.cpu_count() or 1)),
+    }
+    env.update({k: v for k, v in os.environ.items() if k.startswith(PASS_ENV)})
+    env.update(extra)
+    return env
+
+
+# --- one exercise's modules --------------------------------------------------------------
+
+
+@dataclass
+class Exercise:
+    name: str
+    tests: list[tuple[GradingTest, str]]  # (test, visibility)
+    environment: dict[str, str]
+    givens: dict[str, Any]
+    limit_hint: str
+    skipped_long: int = 0
+
+
+def load_exercise(name: str, modules: list[tuple[Path, str]], long: bool) -> Exercise:
+    ex = Exercise(name, [], {}, {}, "")
+    for path, visibility in modules:
+        module = load_module(path)
+        ex.environment.update(
+            {str(k): str(v) for k, v in getattr(module, "ENVIRONMENT", {}).items()}
+        )
+        ex.givens.update(getattr(module, "GIVENS", {}))
+        ex.limit_hint = ex.limit_hint or str(getattr(module, "LIMIT_HINT", ""))
+        for t in collect_tests(module):
+            if t.long and not long:
+                ex.skipped_long += 1
+                continue
+            ex.tests.append((t, visibility))
+    return ex
 
 
 # --- grading one notebook ---------------------------------------------------------------------
@@ -200,7 +333,8 @@ def grade_notebook(
     tests_dir: Path = DEFAULT_TESTS,
     hidden_dir: Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-    jobs: int | None = None,
+    long: bool = False,
+    backend: str | None = None,
 ) -> NotebookResult:
     """Grade one notebook; never raises for anything that is wrong with the notebook."""
     start = time.monotonic()
@@ -209,32 +343,50 @@ def grade_notebook(
     result = NotebookResult(path, exercise)
     if exercise is None:
         result.notes.append(
-            f"no grading tests for this notebook: expected {tests_dir}/test_{path.stem}.py "
-            "(keep the exercise's file name, e.g. 02_roi_pool.ipynb)"
+            f"no grading tests for this notebook: expected test_{path.stem}.py in "
+            f"{tests_dir} (keep the exercise's file name, e.g. 02_roi_pool.ipynb)"
         )
         return result
-
     modules = [
         (d / f"test_{exercise}.py", "hidden" if d == hidden_dir else "visible")
         for d in dirs
         if (d / f"test_{exercise}.py").is_file()
     ]
-    tests: list[GradingTest] = []
-    environment: dict[str, str] = {}
+    try:
+        ex = load_exercise(exercise, modules, long)
+    except Exception as e:  # a broken hidden module must not show its source to learners
+        result.notes.append("the grading tests of this exercise could not be loaded")
+        print(f"grader: loading the tests of {exercise} failed: {e!r}", file=sys.stderr)
+        return result
+    result.skipped_long = ex.skipped_long
     number = exercise_number(exercise)
-    for module, visibility in modules:
-        environment.update(load_environment(module))
-        for t in load_tests(module):
-            result.tests.append(
-                TestResult(
-                    f"{number}.{len(result.tests) + 1}",
-                    t.name,
-                    t.title,
-                    t.points,
-                    visibility=visibility,
-                )
-            )
-            tests.append(t)
+    for i, (t, visibility) in enumerate(ex.tests, start=1):
+        result.tests.append(
+            TestResult(f"{number}.{i}", t.name, t.title, t.points, visibility=visibility)
+        )
+    try:
+        _grade_into(result, path, ex, dirs, timeout, backend)
+    except Exception as e:  # a bug here or in a test module: the notebook still has its total
+        result.notes.append(f"the grader failed on this notebook: {type(e).__name__}")
+        print(f"grader: {path}: {type(e).__name__}: {e}", file=sys.stderr)
+        for t in result.tests:
+            if t.status == "not run":
+                t.status, t.output = "error", "not run: the grader failed on this notebook"
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _grade_into(
+    result: NotebookResult,
+    path: Path,
+    ex: Exercise,
+    dirs: list[Path],
+    floor: float,
+    backend: str | None,
+) -> None:
+    from . import givens
+    from .sandbox import Limits, detect, secrets_to_hide
+    from .session import Session, copy_submission, prepare_runtime
 
     try:
         nb = read_notebook(path)
@@ -243,84 +395,147 @@ def grade_notebook(
         result.notes.append(message)
         for t in result.tests:
             t.status, t.output = "error", message
-        result.seconds = time.monotonic() - start
-        return result
-
+        return
     cells, notes = grading_cells(nb)
     result.notes.extend(notes)
-    jobs = jobs or min(2, os.cpu_count() or 1)
-    tests_s = sum((t.timeout or timeout) for t in tests) / jobs
-    budget = timeout * len(cells) + tests_s + WORKER_SLACK_S
+    chosen, why = detect(backend)
+    if chosen == "none":
+        from .sandbox import NO_SANDBOX_WARNING
+
+        result.warnings.append(f"{NO_SANDBOX_WARNING} ({why})")
+    calib = calibration().get(ex.name, {})
+    cell_cpu = cpu_limit(calib.get("cell_cpu_s"), floor)
+    limits = Limits()
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
-        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job = {
-            "cells": cells,
-            "test_modules": [str(m) for m, _ in modules],
-            "timeout": timeout,
-            "cell_timeout": timeout,
-            "jobs": jobs,
-        }
-        job_path.write_text(json.dumps(job))
-        worker_error = _run_worker(job_path, out_path, path.parent, budget, environment)
-        if worker_error is None:
-            report = json.loads(out_path.read_text())
-    if worker_error is not None:
-        result.notes.append(worker_error)
-        for t in result.tests:
-            t.status, t.output = "error", worker_error
-        result.seconds = time.monotonic() - start
-        return result
-
-    for cell in report["cells"]:
-        if cell["error"]:
-            result.notes.append(cell["error"])
-    for t, r in zip(result.tests, report["tests"], strict=True):
-        assert t.name == r["name"], (t.name, r["name"])
-        t.status, t.output = r["status"], r["output"]
-        t.score = t.max_score if r["status"] == "passed" else 0.0
-    result.seconds = time.monotonic() - start
-    return result
+        runtime = Path(tmp)
+        prepare_runtime(runtime)
+        givens.build(runtime / "givens", ex.givens)
+        skipped = copy_submission(path.parent, runtime / "submission", limits.submission_bytes)
+        if skipped:
+            result.notes.append(
+                f"files not copied for grading (too large): {', '.join(skipped[:5])}"
+            )
+        hidden = secrets_to_hide([*dirs, path.parent.resolve()])
+        session = Session(
+            runtime, runtime / "submission", sandbox_env(ex.environment), limits, hidden, chosen
+        )
+        try:
+            session.start()
+            cell_errors = _run_cells(session, cells, cell_cpu, result)
+            for (test, visibility), tr in zip(ex.tests, result.tests, strict=True):
+                if session.main is None or not session.sandbox.alive():
+                    session.restart(cells, cell_cpu, wall_limit(cell_cpu))
+                ref = calib.get("tests", {}).get(test.name)
+                limit = cpu_limit(ref, test.timeout or floor)
+                _run_test(session, test, tr, cell_errors, limit, ref, ex.limit_hint, visibility)
+                if tr.status == "lost":  # the worker itself is gone: a fresh one for the rest
+                    tr.status = "error"
+                    session.restart(cells, cell_cpu, wall_limit(cell_cpu))
+        finally:
+            session.stop()
 
 
-def _run_worker(
-    job_path: Path,
-    out_path: Path,
-    cwd: Path,
-    budget: float,
-    environment: dict[str, str] | None = None,
-) -> str | None:
-    """Run the grading worker; None when it wrote its results, else what went wrong.
+def _run_cells(session, cells, cpu_s: float, result: NotebookResult) -> list[str]:
+    errors = []
+    for cell in cells:
+        out = session.run_cell(cell, cpu_s, wall_limit(cpu_s))
+        result.cells.append({"number": out.number, "status": out.status, "cpu_s": out.cpu_s})
+        if out.error:
+            errors.append(out.error.splitlines()[0][:300])
+            result.notes.append(out.error)
+        if out.status == "stopped":
+            session.restart(cells[: cells.index(cell)], cpu_s, wall_limit(cpu_s))
+    return errors
 
-    The worker and the test processes it forks form their own process group, which is
-    killed as a whole when the budget runs out (no test process outlives its grading).
-    """
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
-    env.update(environment or {})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "refimpl.course.runner", str(job_path), str(out_path)],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=hasattr(os, "killpg"),
+
+def _crash_message(reaped: dict[str, Any] | None, cpu: float, limit: float) -> str:
+    if not reaped or not reaped.get("known"):
+        return "your code ended the grading process"
+    sig = reaped.get("signal")
+    if sig in (signal.SIGXCPU, signal.SIGKILL) and cpu >= limit * 0.9:
+        return f"your code ran past its CPU time limit of {limit:.3g} s"
+    if sig:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+        return f"the test crashed Python (signal {sig}, {name})"
+    return f"your code ended the process (exit status {reaped.get('exit')})"
+
+
+def _run_test(session, test, tr: TestResult, cell_errors, limit, ref, hint, visibility) -> None:
+    from .remote import (
+        Budget,
+        LimitExceeded,
+        ProtocolError,
+        RemoteError,
+        RemoteSubmission,
+        SandboxLost,
     )
+    from .session import limit_message
+
+    budget = Budget(session.sandbox, limit + 2.0, wall_limit(limit))
+    link = token = sub = None
+    status, output, lost = "passed", "", False
     try:
-        output, _ = proc.communicate(timeout=budget)
-    except subprocess.TimeoutExpired:
-        if hasattr(os, "killpg"):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.kill()
-        proc.communicate()
-        return f"grading stopped after {budget:g} s (the notebook's time budget)"
-    if proc.returncode != 0 or not out_path.is_file():
-        tail = (output or "").strip()[-1500:]
-        return f"grading stopped (exit status {proc.returncode}): {tail}"
-    return None
+        link, token = session.test_link(budget, limit)
+        sub = RemoteSubmission(link, budget, cell_errors)
+        test.fn(sub)
+    except Feedback as e:
+        status, output = "failed", str(e) or "failed"
+    except RemoteError as e:
+        if e.timeout:
+            status = "timeout"
+            output = limit_message("your code", LimitExceeded("cpu", limit, limit, 0), ref, hint)
+        else:
+            status, output = "error", learner_text(e.describe())
+    except LimitExceeded as e:
+        status, output = "timeout", limit_message("your code", e, ref, hint)
+    except SandboxLost:
+        status = "crashed"
+    except ProtocolError as e:
+        status, output = (
+            "error",
+            f"the sandbox sent what the grader does not accept ({e}): 0 points",
+        )
+    except AssertionError as e:  # a plain assert in a test module
+        status, output = "failed", f"a check failed: {e}" if str(e) else "a check failed"
+    except Exception as e:  # the test (trusted code) failed on what the learner's code gave it
+        status, output = "error", f"{type(e).__name__}: {e}"[:MAX_FEEDBACK]
+        if visibility == "hidden":
+            output = HIDDEN_ERROR.format(type(e).__name__)
+    finally:
+        if link is not None:
+            link.close()
+    tr.cpu_s = budget.used()[0]
+    if token is not None:
+        reaped = session.reap(token, kill=status == "timeout")
+        lost = reaped is None
+        if status == "crashed":
+            status, output = "error", _crash_message(reaped, tr.cpu_s, limit)
+            if "CPU time" in output:
+                status, output = (
+                    "timeout",
+                    limit_message("your code", LimitExceeded("cpu", limit, tr.cpu_s, 0), ref, hint),
+                )
+    elif status == "crashed":
+        status, output, lost = "error", "the sandbox could not start this test", True
+    printed = "".join(sub.printed) if sub is not None else ""
+    if status != "passed" and printed.strip():
+        output += "\n  your code printed:\n" + learner_text(printed, 1500)
+    tr.status = "lost" if lost and status != "passed" else status
+    tr.output = output if status != "passed" else ""
+    tr.score = tr.max_score if status == "passed" else 0.0
+
+
+# --- many notebooks -------------------------------------------------------------------------
+
+
+def _grade_one(args: tuple) -> NotebookResult:
+    nb, exercise, kwargs = args
+    try:
+        return grade_notebook(nb, **kwargs)
+    except Exception as e:  # a bug in a test module or here: still grade the others
+        r = NotebookResult(nb, exercise)
+        r.notes.append(f"the grader failed on this notebook: {type(e).__name__}: {e}")
+        return r
 
 
 def grade(
@@ -330,35 +545,73 @@ def grade(
     hidden_dir: Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     jobs: int | None = None,
+    long: bool = False,
+    backend: str | None = None,
+    exercise: str | None = None,
 ) -> list[NotebookResult]:
-    """Grade every notebook under ``paths``; one notebook's trouble never stops the others."""
+    """Grade every notebook under ``paths``; one notebook's trouble never stops the others.
+
+    ``jobs`` notebooks are graded at once (default 1), each in a grader process of its own.
+    With ``exercise``, only that exercise is graded, and a submission without it scores 0.
+    """
     results: list[NotebookResult] = []
     claimed: dict[str, Path] = {}
     notebooks = [nb for p in paths for nb in find_notebooks(p)]
     dirs = [tests_dir] + ([hidden_dir] if hidden_dir else [])
     # A folder may hold two notebooks for one exercise (a copy): grade the one named exactly.
     notebooks.sort(key=lambda p: (exercise_of(p, dirs) != p.stem, str(p)))
+    kwargs = dict(
+        tests_dir=tests_dir, hidden_dir=hidden_dir, timeout=timeout, long=long, backend=backend
+    )
+    todo = []
     for nb in notebooks:
-        exercise = exercise_of(nb, dirs)
-        if exercise is not None and exercise in claimed:
+        ex = exercise_of(nb, dirs)
+        if exercise is not None and ex != exercise:
+            continue
+        if ex is not None and ex in claimed:
             r = NotebookResult(nb, None)
-            r.notes.append(f"not graded: {claimed[exercise].name} is graded for {exercise}")
+            r.notes.append(f"not graded: {claimed[ex].name} is graded for {ex}")
             results.append(r)
             continue
-        if exercise is not None:
-            claimed[exercise] = nb
-        try:
-            results.append(
-                grade_notebook(
-                    nb, tests_dir=tests_dir, hidden_dir=hidden_dir, timeout=timeout, jobs=jobs
-                )
-            )
-        except Exception as e:  # a bug in a test module or here: still grade the others
-            r = NotebookResult(nb, exercise)
-            r.notes.append(f"the grader failed on this notebook: {type(e).__name__}: {e}")
-            results.append(r)
+        if ex is not None:
+            claimed[ex] = nb
+        todo.append((nb, ex, kwargs))
+    if jobs and jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            results.extend(pool.map(_grade_one, todo))
+    else:
+        results.extend(_grade_one(t) for t in todo)
+    if exercise is not None and exercise not in claimed:
+        results.append(_missing_exercise(exercise, dirs, paths, long))
     results.sort(key=lambda r: (r.exercise or "~", str(r.path)))
     return results
+
+
+def _missing_exercise(
+    exercise: str, dirs: list[Path], paths: list[Path], long: bool
+) -> NotebookResult:
+    """A submission without the exercise's notebook: every test 0, out of the full total."""
+    modules = [
+        (d / f"test_{exercise}.py", "hidden" if i else "visible")
+        for i, d in enumerate(dirs)
+        if (d / f"test_{exercise}.py").is_file()
+    ]
+    r = NotebookResult(paths[0] if paths else Path("."), exercise)
+    why = f"no notebook for {exercise} in the submission (expected {exercise}.ipynb)"
+    r.notes.append(why)
+    if not modules:
+        return r
+    ex = load_exercise(exercise, modules, long)
+    number = exercise_number(exercise)
+    for i, (t, visibility) in enumerate(ex.tests, start=1):
+        r.tests.append(
+            TestResult(f"{number}.{i}", t.name, t.title, t.points, 0.0, "error", why, visibility)
+        )
+    return r
 
 
 # --- reporting --------------------------------------------------------------------------------
@@ -371,9 +624,14 @@ def _pts(v: float) -> str:
 def report(results: list[NotebookResult], *, show_hidden: bool = False) -> str:
     """The printed report: every test with its points and, on failure, the feedback."""
     lines = []
+    for warning in sorted({w for r in results for w in r.warnings}):
+        lines.append(f"!! {warning}")
     for r in results:
         lines.append(f"== {r.exercise or '(not graded)'}  ({r.path})")
-        lines.extend(f"   note: {n}" for n in r.notes)
+        for n in r.notes:
+            first, *rest = str(n).splitlines() or [""]
+            lines.append(f"   note: {first}")
+            lines.extend(f"         {line}" for line in rest)
         hidden = [t for t in r.tests if t.visibility == "hidden"]
         for t in r.tests:
             if t.visibility == "hidden" and not show_hidden:
@@ -385,6 +643,8 @@ def report(results: list[NotebookResult], *, show_hidden: bool = False) -> str:
                 lines.extend("             " + line for line in t.output.splitlines())
         if hidden and not show_hidden:
             lines.append(f"   (+ {len(hidden)} hidden tests, reported in results.json)")
+        if r.skipped_long:
+            lines.append(f"   ({r.skipped_long} long tests not run: `--long` runs them)")
         if r.tests:
             visible = [t for t in r.tests if show_hidden or t.visibility == "visible"]
             got, out_of = sum(t.score for t in visible), sum(t.max_score for t in visible)
@@ -434,7 +694,7 @@ def results_json(results: list[NotebookResult], seconds: float) -> dict[str, Any
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refimpl.grade",
-        description="Grade exercise notebooks against tests/grading (see refimpl/course/grade.py).",
+        description="Grade exercise notebooks in a sandbox (see refimpl/course/grade.py).",
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="notebook or folder")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write Gradescope results.json")
@@ -444,16 +704,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=DEFAULT_TIMEOUT,
         metavar="S",
-        help=f"seconds per cell and per test (default {DEFAULT_TIMEOUT:g})",
+        help=f"CPU seconds every cell and test may use at least (default {DEFAULT_TIMEOUT:g})",
     )
-    parser.add_argument(
-        "--tests",
-        type=Path,
-        default=DEFAULT_TESTS,
-        metavar="DIR",
-        help="the grading tests (default: tests/grading)",
-    )
-    parser.add_argument("--jobs", type=int, default=None, help="tests run at once (default 2)")
+    parser.add_argument("--tests", type=Path, default=DEFAULT_TESTS, metavar="DIR",
+                        help="the grading tests (default: the package's)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once")
+    parser.add_argument("--long", action="store_true", help="also run the long tests")
+    parser.add_argument("--exercise", metavar="NAME", help="grade only this exercise")
+    parser.add_argument("--sandbox", choices=("bwrap", "unshare", "none"), help="force a backend")
     parser.add_argument("--show-hidden", action="store_true", help="print hidden tests too")
     args = parser.parse_args(argv)
 
@@ -467,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
         hidden_dir=args.hidden,
         timeout=args.timeout,
         jobs=args.jobs,
+        long=args.long,
+        backend=args.sandbox,
+        exercise=args.exercise,
     )
     if not results:
         parser.error(f"no notebooks under {', '.join(map(str, args.paths))}")

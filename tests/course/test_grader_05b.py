@@ -91,7 +91,7 @@ def test_a_typical_bug_loses_exactly_its_tests(
 
 def test_05b_is_not_05(tmp_path):
     """A renamed copy of 05b is graded as 05b, and 05's copies still as 05; labels say 5b."""
-    dirs = [REPO / "tests" / "grading"]
+    dirs = [REPO / "refimpl" / "course" / "grading"]
     for stem, exercise in [
         ("05b_prroi_pool (1)", "05b_prroi_pool"),
         ("05b-copy", "05b_prroi_pool"),

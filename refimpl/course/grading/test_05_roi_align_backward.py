@@ -21,6 +21,8 @@ from refimpl.ops import geometry
 from refimpl.ops.python import roi_align_backward as ref_backward
 from refimpl.ops.python import roi_align_forward as ref_forward
 
+GIVENS = {"refimpl.ops.geometry": "*"}  # exercise 5 gives the sampling grid (align_box)
+
 
 def ref_weight_map(y, x, height, width):
     """The [H, W] map of the weights with which bilinear interpolation at (y, x) reads pixels."""

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl.course.checks import check_array, describe, fail, points, random_features, random_rois
-from refimpl.course.races import find_races
+from refimpl.course.checks import (
+    check_array,
+    describe,
+    fail,
+    points,
+    probe,
+    random_features,
+    random_rois,
+)
 from refimpl.ops.python import roi_align_backward as ref_backward
 from refimpl.ops.python import roi_align_forward as ref_forward
 
 # Every test runs in a process forked from the grading worker, after the kernels compiled;
 # GNU OpenMP (numba's default threading layer here) is not fork-safe, workqueue is.
 ENVIRONMENT = {"NUMBA_THREADING_LAYER": "workqueue"}
+# What the notebook imports from refimpl (the sandbox sees nothing else of it).
+GIVENS = {"refimpl.ops.geometry": "*", "refimpl.course.races": "*"}
 
 # Overlapping RoIs in one image: a prange over RoIs in the backward writes pixels twice.
 OVERLAPPING = np.array(
@@ -59,35 +68,61 @@ def backward_case(
     check_array(got, ref_backward(x, rois, grad, *args), "grad_x", inputs=inputs)
 
 
-def check_compiled(kernel, name):
+@probe
+def _compiled(namespace, name):
+    """Where the learner's code runs: (type name, is an njit kernel, parallel=True)."""
     from numba.core.registry import CPUDispatcher
 
-    if not isinstance(kernel, CPUDispatcher):
-        fail(f"`{name}` is a {type(kernel).__name__}, not a numba.njit kernel")
-    if not kernel.targetoptions.get("parallel"):
+    kernel = namespace.get(name)
+    is_njit = isinstance(kernel, CPUDispatcher)
+    parallel = bool(is_njit and kernel.targetoptions.get("parallel"))
+    return [type(kernel).__name__, is_njit, parallel]
+
+
+def check_compiled(sub, name):
+    kind, is_njit, parallel = _compiled(sub, name)  # untrusted data: checked below
+    if is_njit is not True:
+        fail(f"`{name}` is a {str(kind)[:60]}, not a numba.njit kernel")
+    if parallel is not True:
         fail(f"`{name}` is compiled without parallel=True: its prange runs on one thread")
 
 
-def race_case(sub, kernel_name, first, rois, output_shape):
-    kernel = getattr(sub, kernel_name)
-    out = np.zeros(output_shape)
+@probe
+def _races(namespace, kernel_name, first, rois, output_shape, name):
+    """Where the learner's code runs: find_races on the kernel, as strings (or the error)."""
+    import numpy as np
+
+    from refimpl.course.races import find_races
+
+    out = np.zeros(tuple(output_shape))
     try:
-        conflicts = find_races(
-            kernel,
-            (first, rois, 0.5, -1, True, out),
-            outputs=(5,),
-            names=("out" if "forward" in kernel_name else "grad_x",),
+        found = find_races(
+            namespace[kernel_name], (first, rois, 0.5, -1, True, out), outputs=(5,), names=(name,)
         )
     except NotImplementedError:
-        raise
+        return ["not-implemented", ""]
     except Exception as e:
+        return ["error", f"{type(e).__name__}: {e}"[:300]]
+    return ["ok", [str(c)[:300] for c in found]]
+
+
+def race_case(sub, kernel_name, first, rois, output_shape):
+    if not sub.has(kernel_name):
+        fail(f"your notebook does not define `{kernel_name}`")
+    name = "out" if "forward" in kernel_name else "grad_x"
+    status, found = _races(sub, kernel_name, first, rois, list(output_shape), name)
+    if status == "not-implemented":
+        fail(f"`{kernel_name}` is not implemented yet (it raises NotImplementedError)")
+    if status == "error":
         fail(
-            f"the race detector could not run `{kernel_name}` in Python ({type(e).__name__}: "
-            f"{e}); write the output element by element, with `prange` from numba"
+            f"the race detector could not run `{kernel_name}` in Python ({str(found)[:300]}); "
+            "write the output element by element, with `prange` from numba"
         )
-    if conflicts:
+    if status != "ok" or not isinstance(found, list):
+        fail(f"the race detector's answer on `{kernel_name}` was not understood")
+    if found:
         fail(
-            f"`{kernel_name}` races: {conflicts[0]}. Two threads adding into one element "
+            f"`{kernel_name}` races: {str(found[0])[:300]}. Two threads adding into one element "
             "lose updates; give each prange iteration elements of its own"
         )
 
@@ -126,7 +161,7 @@ def test_forward_off_the_map(sub):
 def test_forward_compiled_parallel(sub):
     """forward: a numba.njit(parallel=True) kernel"""
     sub.roi_align_forward(np.zeros((1, 1, 2, 2)), np.zeros((1, 5)), 1)
-    check_compiled(sub.roi_align_forward_kernel, "roi_align_forward_kernel")
+    check_compiled(sub, "roi_align_forward_kernel")
 
 
 @points(1)
@@ -176,7 +211,7 @@ def test_backward_accumulates(sub):
 def test_backward_compiled_parallel(sub):
     """backward: a numba.njit(parallel=True) kernel"""
     sub.roi_align_backward(np.zeros((1, 1, 2, 2)), np.zeros((1, 5)), np.ones((1, 1, 1, 1)), 1)
-    check_compiled(sub.roi_align_backward_kernel, "roi_align_backward_kernel")
+    check_compiled(sub, "roi_align_backward_kernel")
 
 
 @points(3)
@@ -203,13 +238,34 @@ def test_histogram(sub):
         )
 
 
+@probe
+def _histogram_races(namespace, bins):
+    """Where the learner's code runs: find_races on histogram_kernel, as strings."""
+    import numpy as np
+
+    from refimpl.course.races import find_races
+
+    try:
+        found = find_races(
+            namespace["histogram_kernel"],
+            (bins, np.zeros((4, 3))),
+            outputs=(1,),
+            names=("partial",),
+        )
+    except Exception as e:
+        return ["error", f"{type(e).__name__}: {e}"[:300]]
+    return ["ok", [str(c)[:300] for c in found]]
+
+
 @points(1)
 def test_histogram_race_free(sub):
     """histogram: no two prange iterations write the same element of partial"""
     bins = np.random.default_rng(67).integers(0, 3, size=40)
     sub.histogram(bins, 3, 4)
-    conflicts = find_races(
-        sub.histogram_kernel, (bins, np.zeros((4, 3))), outputs=(1,), names=("partial",)
-    )
-    if conflicts:
-        fail(f"`histogram_kernel` races: {conflicts[0]}; give each chunk its own row")
+    if not sub.has("histogram_kernel"):
+        fail("your notebook does not define `histogram_kernel`")
+    status, found = _histogram_races(sub, bins)
+    if status != "ok" or not isinstance(found, list):
+        fail(f"the race detector could not run `histogram_kernel` in Python ({str(found)[:300]})")
+    if found:
+        fail(f"`histogram_kernel` races: {str(found[0])[:300]}; give each chunk its own row")

@@ -2,7 +2,7 @@
 
 The oracles are :class:`refimpl.model.matcher.Matcher`,
 :class:`refimpl.model.sampler.BalancedPositiveNegativeSampler` and
-:class:`refimpl.ops.modules.LevelMapper`.
+:class:`refimpl.ops.LevelMapper`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from refimpl.course.checks import check_array, describe, fail, points
 from refimpl.model.matcher import Matcher
 from refimpl.model.sampler import BalancedPositiveNegativeSampler
-from refimpl.ops.modules import LevelMapper
+from refimpl.ops import LevelMapper
 
 
 def indices(got, what):

@@ -17,7 +17,7 @@ from refimpl.course.checks import Submission
 from refimpl.course.grade import grading_cells
 from refimpl.course.runner import run_cells
 
-SOLUTIONS = Path(__file__).resolve().parents[2] / "solutions"
+SOLUTIONS = Path(__file__).resolve().parents[3] / "solutions"
 _cache: dict[str, Submission] = {}
 
 
@@ -40,7 +40,7 @@ def sub(request) -> Submission:
         pytest.skip(
             "needs numba's CUDA simulator, set before numba is imported: tests/course grades "
             "this solution in a worker of its own (or run NUMBA_ENABLE_CUDASIM=1 pytest "
-            f"tests/grading/test_{exercise}.py)"
+            f"refimpl/course/grading/test_{exercise}.py)"
         )
     return load_solution(exercise)
 
