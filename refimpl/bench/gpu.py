@@ -14,7 +14,7 @@ warm-up):
 * ``torchvision``: ``torch.ops.torchvision`` (for RoIPool, its backward scatters through
   the argmax its forward saved, as ours does);
 * ``refimpl nchw`` / ``refimpl channels_last``: the ``torch.ops.refimpl`` operators with
-  :data:`refimpl.ops.torch_ops.CUDA_LAYOUT` set to each layout: what a user gets, including
+  ``refimpl.ops.cuda_layout(...)`` set to each layout: what a user gets, including
   the host-side validation of the RoIs (one small copy and a synchronization) and, for
   channels-last, the layout conversions on the way in and out;
 * ``kernel nchw`` / ``kernel nhwc``: the numba-cuda launch functions alone, on data already
@@ -30,7 +30,6 @@ and written once more by the scatter), and that as a fraction of the device's pe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import statistics
@@ -140,18 +139,6 @@ def time_cuda_events(calls: dict[str, Callable[[], object]], repeats: int) -> di
     return {name: [s.elapsed_time(e) for s, e in pairs] for name, pairs in events.items()}
 
 
-@contextlib.contextmanager
-def _layout(name: str):
-    from refimpl.ops import torch_ops
-
-    old = torch_ops.CUDA_LAYOUT
-    torch_ops.CUDA_LAYOUT = name
-    try:
-        yield
-    finally:
-        torch_ops.CUDA_LAYOUT = old
-
-
 def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict]:
     """direction -> candidate -> an argument-less call, on CUDA tensors; and under
     ``"results"``, candidate -> direction -> the bare kernels' output buffers (NCHW views)."""
@@ -159,6 +146,7 @@ def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict]:
     from numba import cuda as ncuda
 
     from refimpl.ops import cuda as cu
+    from refimpl.ops import cuda_layout
 
     x, rois, grad = (torch.from_numpy(a).cuda() for a in data)
     n, c, h, wd = x.shape
@@ -183,7 +171,7 @@ def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict]:
 
     def with_layout(name: str, fn: Callable[[], object]) -> Callable[[], object]:
         def call():
-            with _layout(name):
+            with cuda_layout(name):
                 return fn()
 
         return call

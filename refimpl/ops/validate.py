@@ -134,8 +134,8 @@ def check_roi_args(
     _check_float_array("x", x, ndim=4)
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"x must have a non-empty spatial extent, got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"x must hold at least one image, got shape {x.shape}")
+    # An empty batch (N = 0) is valid, as in torchvision: it can only come with no RoIs (any
+    # batch index is out of range) and gives an empty [0, C, PH, PW] output.
     x = np.ascontiguousarray(x)
     scale = check_spatial_scale(spatial_scale)
     rois, batch = check_rois(rois, x.shape[0], x.dtype, scale)

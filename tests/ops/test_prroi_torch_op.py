@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import refimpl.ops
-from refimpl.ops import BACKEND_FUNCTIONS, BACKENDS
-from refimpl.ops import torch_ops as T
-from refimpl.ops.modules import PrRoIPool
+import refimpl.ops as T
+from refimpl.ops import BACKEND_FUNCTIONS, BACKENDS, PrRoIPool
 
 ops = torch.ops.refimpl
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refimpl.ops import BACKENDS
-from refimpl.ops import torch_ops as T
-from refimpl.ops.modules import (
+import refimpl.ops as T
+from refimpl.ops import (
+    BACKENDS,
     LevelMapper,
     MultiScaleRoIAlign,
     RoIAlign,
@@ -622,12 +622,18 @@ def test_against_torchvision_directly():
 # --- CUDA (skipped without a GPU) ----------------------------------------------------------------
 
 
+@pytest.fixture
+def layout_scope(layout):
+    """The test's body runs its CUDA kernels in ``layout``."""
+    with T.cuda_layout(layout):
+        yield layout
+
+
 @CUDA
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("name", ROI_FUNCS)
-def test_cuda_matches_cpu(name, dtype, layout, monkeypatch):
-    monkeypatch.setattr(T, "CUDA_LAYOUT", layout)
+def test_cuda_matches_cpu(name, dtype, layout_scope):
     x = _x(dtype)
     rois = _rois(torch.float32 if dtype == torch.float16 else dtype, k=6, scale=0.5)
     y_cpu = _call(name, x.requires_grad_(True), rois)
@@ -645,11 +651,10 @@ def test_cuda_matches_cpu(name, dtype, layout, monkeypatch):
 @pytest.mark.torchvision
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_against_torchvision_cuda(dtype, layout, monkeypatch):
+def test_cuda_against_torchvision_cuda(dtype, layout_scope):
     """Our CUDA kernels (both layouts) against torchvision's CUDA kernels: outputs and input
     gradients, float64 1e-9 and float32 1e-5; NMS and box IoU on the device."""
     tv = pytest.importorskip("torchvision")
-    monkeypatch.setattr(T, "CUDA_LAYOUT", layout)
     tol = TOL[dtype]
     x = _x(dtype, device="cuda").requires_grad_(True)
     x_tv = x.detach().clone().requires_grad_(True)
