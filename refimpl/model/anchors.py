@@ -15,7 +15,7 @@ concatenated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,33 @@ def grid_anchors(base: Tensor, grid_size: Sequence[int], stride: Sequence[int]) 
     return (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)
 
 
+def anchors_for_image(
+    image_size: Sequence[int],
+    feature_sizes: Sequence[Sequence[int]],
+    sizes: Sequence[Sequence[float]],
+    aspect_ratios: Sequence[Sequence[float]],
+) -> Tensor:
+    """Every level's anchors, concatenated finest first: ``[sum_l H_l W_l A_l, 4]`` float32.
+
+    ``image_size``: the padded batch's ``(H, W)``; ``feature_sizes``: each level's ``(H_l,
+    W_l)``; ``sizes``, ``aspect_ratios``: per level. The stride of level ``l`` is
+    ``image_size // feature_size``: the padded batch is a multiple of the coarsest stride, so
+    this is the exact stride. (Exercise 9's ``anchors_for_image``; the part
+    :attr:`refimpl.model.parts.Parts.anchors`.)
+    """
+    anchors = []
+    for (h, w), s, a in zip(feature_sizes, sizes, aspect_ratios, strict=True):
+        stride = (image_size[0] // h, image_size[1] // w)
+        anchors.append(grid_anchors(base_anchors(s, a), (h, w), stride))
+    return torch.cat(anchors)
+
+
+AnchorsFn = Callable[
+    [Sequence[int], Sequence[Sequence[int]], Sequence[Sequence[float]], Sequence[Sequence[float]]],
+    Tensor,
+]
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for a list of feature maps, one ``(sizes, aspect_ratios)`` pair per level.
 
@@ -58,40 +85,35 @@ class AnchorGenerator(nn.Module):
         sizes: per level, the anchor sizes (sqrt of the area in pixels), e.g.
             ``((32,), (64,), (128,), (256,), (512,))``.
         aspect_ratios: per level, the ratios ``h / w``, e.g. ``((0.5, 1.0, 2.0),) * 5``.
+        anchors_fn: computes them, with :func:`anchors_for_image`'s signature (the default):
+            the part ``Parts.anchors``.
     """
 
     def __init__(
         self,
         sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
         aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),) * 5,
+        anchors_fn: AnchorsFn = anchors_for_image,
     ):
         super().__init__()
         if len(sizes) != len(aspect_ratios):
             raise ValueError("give one tuple of sizes and one of aspect ratios per level")
         self.sizes = tuple(tuple(s) for s in sizes)
         self.aspect_ratios = tuple(tuple(a) for a in aspect_ratios)
-        self.cell_anchors = [
-            base_anchors(s, a) for s, a in zip(self.sizes, self.aspect_ratios, strict=True)
-        ]
+        self.anchors_fn = anchors_fn
 
     def num_anchors_per_location(self) -> list[int]:
         return [len(s) * len(a) for s, a in zip(self.sizes, self.aspect_ratios, strict=True)]
 
     def forward(self, image_size: Sequence[int], feature_maps: Sequence[Tensor]) -> Tensor:
         """Anchors ``[sum_l H_l W_l A_l, 4]`` for a padded batch of size ``image_size`` (H, W),
-        in the feature maps' dtype. The same anchors serve every image of the batch.
-
-        The stride of a level is ``image_size // feature_size``: the padded batch is a
-        multiple of the coarsest stride, so this is the exact stride.
-        """
-        if len(feature_maps) != len(self.cell_anchors):
+        in the feature maps' dtype and on their device. The same anchors serve every image of
+        the batch. They are computed in float32 (integers, exact in any float dtype)."""
+        if len(feature_maps) != len(self.sizes):
             raise ValueError(
-                f"{len(feature_maps)} feature maps but anchors for {len(self.cell_anchors)} levels"
+                f"{len(feature_maps)} feature maps but anchors for {len(self.sizes)} levels"
             )
-        dtype, device = feature_maps[0].dtype, feature_maps[0].device
-        anchors = []
-        for base, fmap in zip(self.cell_anchors, feature_maps, strict=True):
-            grid = fmap.shape[-2:]
-            stride = (image_size[0] // grid[0], image_size[1] // grid[1])
-            anchors.append(grid_anchors(base.to(dtype=dtype, device=device), grid, stride))
-        return torch.cat(anchors)
+        feature_sizes = [tuple(int(v) for v in f.shape[-2:]) for f in feature_maps]
+        image_size = tuple(int(v) for v in image_size)
+        anchors = self.anchors_fn(image_size, feature_sizes, self.sizes, self.aspect_ratios)
+        return anchors.to(dtype=feature_maps[0].dtype, device=feature_maps[0].device)

@@ -19,6 +19,10 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbone import freeze_layers, norm_layer_for, resnet50, resnet_small
+
+BACKBONES = ("resnet50", "resnet18", "small")
+
 
 class FeaturePyramidNetwork(nn.Module):
     """``[C2..C5] -> {"p2": P2, ..., "p5": P5, "p6": P6}``, all ``out_channels`` wide.
@@ -76,3 +80,37 @@ class BackboneWithFPN(nn.Module):
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         return self.fpn(self.body(x))
+
+
+def resnet_fpn_backbone(
+    name: str = "resnet50",
+    *,
+    width: int = 32,
+    fpn_channels: int = 256,
+    norm: str = "bn",
+    bn_eps: float | None = None,
+    trainable_layers: int = 5,
+) -> BackboneWithFPN:
+    """A ResNet with an FPN on top (torchvision's ``resnet_fpn_backbone``), without weights.
+
+    Args:
+        name: ``"resnet50"`` (the paper's), ``"resnet18"``, or ``"small"`` (ResNet-18's layout
+            at ``width`` channels in the stem: 32 is half of ResNet-18).
+        width: the stem width of ``"small"``.
+        fpn_channels: the pyramid's width (256).
+        norm: ``"bn"`` (BatchNorm2d, training from scratch) | ``"frozen"``
+            (FrozenBatchNorm2d, fine-tuning pretrained weights).
+        bn_eps: BatchNorm's epsilon (None: 1e-5; torchvision's COCO weights use 0.0).
+        trainable_layers: 0..5, see :func:`~refimpl.model.backbone.freeze_layers`.
+    """
+    norm_layer = norm_layer_for(norm, bn_eps)
+    if name == "resnet50":
+        body = resnet50(norm_layer)
+    elif name == "resnet18":
+        body = resnet_small(64, norm_layer=norm_layer)
+    elif name == "small":
+        body = resnet_small(width, norm_layer=norm_layer)
+    else:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
+    freeze_layers(body, trainable_layers)
+    return BackboneWithFPN(body, body.out_channels, fpn_channels)

@@ -23,11 +23,15 @@ multinomial loss that couples masks and classes, 5.5 AP worse in the paper) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from refimpl.ops import roi_align
+
+RoIOp = Callable[..., Tensor]  # torchvision.ops.roi_align's signature
 
 MASK_LOSSES = ("sigmoid", "softmax", "agnostic")
 
@@ -103,18 +107,25 @@ def fastrcnn_loss(
 
 
 def project_masks_on_boxes(
-    gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, resolution: int
+    gt_masks: Tensor,
+    boxes: Tensor,
+    matched_idxs: Tensor,
+    resolution: int,
+    roi_align: RoIOp = roi_align,
 ) -> Tensor:
     """The mask targets (Mask R-CNN sec. 3.1, "Mask"): each RoI's matched GT mask, cropped to
     the RoI and resampled to ``resolution x resolution`` by RoIAlign (scale 1, adaptive
     sampling, ``aligned=False``), so that the target is aligned with the RoI exactly as the
-    predicted mask is. The result is soft (fractions in [0, 1]), not thresholded.
+    predicted mask is. The result is soft (fractions in [0, 1]), not thresholded. The part
+    ``Parts.mask_targets`` (exercise 12's ``mask_targets``).
 
     Args:
         gt_masks: ``[G, H, W]`` (any dtype) GT masks of one image.
         boxes: ``[R, 4]`` the RoIs.
         matched_idxs: ``[R]`` int64, the GT index of each RoI.
         resolution: ``M`` (28).
+        roi_align: the RoI operator (``torchvision.ops.roi_align``'s signature): refimpl's, or
+            the part ``Parts.roi_align``.
 
     Returns:
         ``[R, M, M]`` in the boxes' dtype.
@@ -123,7 +134,41 @@ def project_masks_on_boxes(
         return boxes.new_zeros((0, resolution, resolution))
     rois = torch.cat([matched_idxs.to(boxes)[:, None], boxes], dim=1)
     masks = gt_masks[:, None].to(rois)
-    return roi_align(masks, rois, (resolution, resolution), 1.0)[:, 0]
+    return roi_align(masks, rois, (resolution, resolution), 1.0, -1, False)[:, 0]
+
+
+def sigmoid_mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """The paper's per-class sigmoid: BCE on the GT class's channel only (no competition among
+    classes), mean over RoIs and pixels. ``mask_logits [R, C, M, M]``, ``labels [R]``,
+    ``targets [R, M, M]``. The part ``Parts.mask_loss`` (exercise 12's ``mask_loss``)."""
+    rois = torch.arange(labels.shape[0], device=labels.device)
+    return F.binary_cross_entropy_with_logits(mask_logits[rois, labels], targets)
+
+
+def softmax_mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """Table 2b's alternative: a per-pixel softmax over the classes, target the GT class inside
+    the mask and background (channel 0) outside (soft targets ``t``:
+    ``-(t log p_gt + (1 - t) log p_0)``), mean over RoIs and pixels."""
+    rois = torch.arange(labels.shape[0], device=labels.device)
+    log_p = F.log_softmax(mask_logits, dim=1)
+    return -(targets * log_p[rois, labels] + (1 - targets) * log_p[:, 0]).mean()
+
+
+def agnostic_mask_loss(mask_logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """One mask per RoI whatever its class: BCE on the single channel (``labels`` unused but
+    checked: one per RoI)."""
+    if labels.shape[0] != mask_logits.shape[0]:
+        raise ValueError(f"{mask_logits.shape[0]} RoIs but {labels.shape[0]} labels")
+    return F.binary_cross_entropy_with_logits(mask_logits[:, 0], targets)
+
+
+MASK_LOSS_FUNCTIONS = {
+    "sigmoid": sigmoid_mask_loss,
+    "softmax": softmax_mask_loss,
+    "agnostic": agnostic_mask_loss,
+}
+MaskTargetsFn = Callable[[Tensor, Tensor, Tensor, int], Tensor]
+MaskLossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def maskrcnn_loss(
@@ -134,6 +179,9 @@ def maskrcnn_loss(
     mask_matched_idxs: list[Tensor],
     mode: str = "sigmoid",
     binarize_targets: bool = False,
+    *,
+    mask_targets: MaskTargetsFn = project_masks_on_boxes,
+    loss_fn: MaskLossFn | None = None,
 ) -> Tensor:
     """The mask loss ``L_mask`` (Mask R-CNN sec. 3) over the positive RoIs.
 
@@ -143,12 +191,11 @@ def maskrcnn_loss(
         gt_masks: per image, ``[G_i, H, W]``.
         gt_labels: per image, ``[G_i]`` int64.
         mask_matched_idxs: per image, ``[R_i]`` the matched GT index of each RoI.
-        mode: ``"sigmoid"``: BCE on the GT class's channel only (no competition among
-            classes); ``"softmax"``: per-pixel cross-entropy of a softmax over the classes,
-            target the GT class inside the mask and background (channel 0) outside (soft
-            targets ``t``: ``-(t log p_gt + (1 - t) log p_0)``); ``"agnostic"``: BCE on the
-            single channel.
+        mode: ``"sigmoid"`` | ``"softmax"`` | ``"agnostic"``: :func:`sigmoid_mask_loss`,
+            :func:`softmax_mask_loss`, :func:`agnostic_mask_loss`.
         binarize_targets: threshold the targets at 0.5 (detectron2) instead of soft targets.
+        mask_targets: the targets of one image (:func:`project_masks_on_boxes`' signature).
+        loss_fn: ``(mask_logits, labels, targets) -> scalar``; None: the one ``mode`` names.
 
     Returns:
         A scalar: the mean over RoIs and pixels (0, still connected to the graph, when there
@@ -160,7 +207,7 @@ def maskrcnn_loss(
     labels = torch.cat([lab[idx] for lab, idx in zip(gt_labels, mask_matched_idxs, strict=True)])
     targets = torch.cat(
         [
-            project_masks_on_boxes(m, p, i, resolution)
+            mask_targets(m, p, i, resolution)
             for m, p, i in zip(gt_masks, proposals, mask_matched_idxs, strict=True)
         ]
     )
@@ -169,10 +216,4 @@ def maskrcnn_loss(
         return mask_logits.sum() * 0
     if binarize_targets:
         targets = (targets >= 0.5).to(targets.dtype)
-    rois = torch.arange(labels.shape[0], device=labels.device)
-    if mode == "sigmoid":
-        return F.binary_cross_entropy_with_logits(mask_logits[rois, labels], targets)
-    if mode == "agnostic":
-        return F.binary_cross_entropy_with_logits(mask_logits[:, 0], targets)
-    log_p = F.log_softmax(mask_logits, dim=1)
-    return -(targets * log_p[rois, labels] + (1 - targets) * log_p[:, 0]).mean()
+    return (loss_fn or MASK_LOSS_FUNCTIONS[mode])(mask_logits, labels, targets)

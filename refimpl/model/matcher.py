@@ -9,7 +9,40 @@ foreground at IoU >= 0.5, background below 0.5 (Mask R-CNN uses the same, sec. 3
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor
+
+BELOW_LOW_THRESHOLD = -1
+BETWEEN_THRESHOLDS = -2
+
+
+def match(
+    match_quality_matrix: Tensor,
+    high_threshold: float,
+    low_threshold: float,
+    allow_low_quality_matches: bool = False,
+) -> Tensor:
+    """``match_quality_matrix [M GT, N predictions]`` (IoUs) -> ``[N]`` int64: the matched
+    GT index in ``[0, M)``, or -1 (below low) / -2 (between the thresholds); the part
+    ``Parts.matcher`` (exercise 11's ``match``)."""
+    matched_vals, matches = match_quality_matrix.max(dim=0)
+    all_matches = matches.clone() if allow_low_quality_matches else None
+
+    matches[matched_vals < low_threshold] = BELOW_LOW_THRESHOLD
+    between = (matched_vals >= low_threshold) & (matched_vals < high_threshold)
+    matches[between] = BETWEEN_THRESHOLDS
+
+    if all_matches is not None:
+        # For each GT, every prediction tied at that GT's best quality is matched (to the
+        # GT it overlaps most, which is that GT unless another GT overlaps it even more).
+        best_per_gt = match_quality_matrix.max(dim=1).values
+        _, pred_idx = (match_quality_matrix == best_per_gt[:, None]).nonzero(as_tuple=True)
+        matches[pred_idx] = all_matches[pred_idx]
+    return matches
+
+
+MatchFn = Callable[[Tensor, float, float, bool], Tensor]
 
 
 class Matcher:
@@ -21,13 +54,18 @@ class Matcher:
             negative); in between: :attr:`BETWEEN_THRESHOLDS` (-2, ignored).
         allow_low_quality_matches: also match, for every GT, the predictions tied at that GT's
             highest quality, whatever their quality (Faster R-CNN's condition (i)).
+        match_fn: the matching itself, with :func:`match`'s signature (the default).
     """
 
-    BELOW_LOW_THRESHOLD = -1
-    BETWEEN_THRESHOLDS = -2
+    BELOW_LOW_THRESHOLD = BELOW_LOW_THRESHOLD
+    BETWEEN_THRESHOLDS = BETWEEN_THRESHOLDS
 
     def __init__(
-        self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False
+        self,
+        high_threshold: float,
+        low_threshold: float,
+        allow_low_quality_matches: bool = False,
+        match_fn: MatchFn = match,
     ):
         if low_threshold > high_threshold:
             raise ValueError(
@@ -36,25 +74,17 @@ class Matcher:
         self.high_threshold = high_threshold
         self.low_threshold = low_threshold
         self.allow_low_quality_matches = allow_low_quality_matches
+        self.match_fn = match_fn
 
     def __call__(self, match_quality_matrix: Tensor) -> Tensor:
-        """``match_quality_matrix [M GT, N predictions]`` (IoUs) -> ``[N]`` int64: the matched
-        GT index in ``[0, M)``, or -1 (below low) / -2 (between the thresholds)."""
+        """``match_quality_matrix [M GT, N predictions]`` (IoUs) -> ``[N]`` int64, see
+        :func:`match`."""
         if match_quality_matrix.numel() == 0:
             what = "ground-truth boxes" if match_quality_matrix.shape[0] == 0 else "predictions"
             raise ValueError(f"no {what} to match in one of the images")
-
-        matched_vals, matches = match_quality_matrix.max(dim=0)
-        all_matches = matches.clone() if self.allow_low_quality_matches else None
-
-        matches[matched_vals < self.low_threshold] = self.BELOW_LOW_THRESHOLD
-        between = (matched_vals >= self.low_threshold) & (matched_vals < self.high_threshold)
-        matches[between] = self.BETWEEN_THRESHOLDS
-
-        if all_matches is not None:
-            # For each GT, every prediction tied at that GT's best quality is matched (to the
-            # GT it overlaps most, which is that GT unless another GT overlaps it even more).
-            best_per_gt = match_quality_matrix.max(dim=1).values
-            _, pred_idx = (match_quality_matrix == best_per_gt[:, None]).nonzero(as_tuple=True)
-            matches[pred_idx] = all_matches[pred_idx]
-        return matches
+        return self.match_fn(
+            match_quality_matrix,
+            self.high_threshold,
+            self.low_threshold,
+            self.allow_low_quality_matches,
+        )

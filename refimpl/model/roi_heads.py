@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refimpl.ops import MultiScaleRoIAlign, batched_nms, box_iou
-
 from .box_coder import BoxCoder
+from .boxes import clip_boxes_to_image, remove_small_boxes
 from .losses import fastrcnn_loss, maskrcnn_loss
 from .mask_head import maskrcnn_inference
 from .matcher import Matcher
-from .rpn import clip_boxes_to_image, remove_small_boxes
+from .parts import Parts
 from .sampler import BalancedPositiveNegativeSampler
 
 
@@ -35,8 +34,8 @@ class RoIHeads(nn.Module):
     """Box and mask branches over the proposals.
 
     Args:
-        box_roi_pool, box_head, box_predictor: pooler (7x7, see :mod:`.poolers`), the
-            :class:`TwoMLPHead`,
+        box_roi_pool, box_head, box_predictor: pooler (7x7,
+            :class:`~.poolers.MultiLevelRoIPooler`), :class:`TwoMLPHead`,
             :class:`FastRCNNPredictor`.
         fg_iou_thresh, bg_iou_thresh: the matcher's (0.5, 0.5).
         batch_size_per_image, positive_fraction: the sampler's (512, 0.25).
@@ -47,11 +46,13 @@ class RoIHeads(nn.Module):
         mask_loss: ``"sigmoid"`` | ``"softmax"`` | ``"agnostic"``.
         box_smooth_l1_beta: the box loss's (1/9).
         binarize_mask_targets: threshold the mask targets at 0.5 (detectron2).
+        parts: box coding, IoU, matcher, sampler, NMS, mask targets and mask loss
+            (:class:`~.parts.Parts`; None: refimpl's). The RoI operator is the poolers'.
     """
 
     def __init__(
         self,
-        box_roi_pool: MultiScaleRoIAlign,
+        box_roi_pool: nn.Module,
         box_head: nn.Module,
         box_predictor: nn.Module,
         fg_iou_thresh: float,
@@ -62,21 +63,28 @@ class RoIHeads(nn.Module):
         score_thresh: float,
         nms_thresh: float,
         detections_per_img: int,
-        mask_roi_pool: MultiScaleRoIAlign,
+        mask_roi_pool: nn.Module,
         mask_head: nn.Module,
         mask_predictor: nn.Module,
         mask_loss: str = "sigmoid",
         box_smooth_l1_beta: float = 1 / 9,
         binarize_mask_targets: bool = False,
+        parts: Parts | None = None,
     ):
         super().__init__()
+        parts = parts or Parts()
+        self.parts = parts
         self.proposal_matcher = Matcher(
-            fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False
+            fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False, match_fn=parts.matcher
         )
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(
-            batch_size_per_image, positive_fraction
+            batch_size_per_image, positive_fraction, sample_fn=parts.sampler
         )
-        self.box_coder = BoxCoder(bbox_reg_weights or (10.0, 10.0, 5.0, 5.0))
+        self.box_coder = BoxCoder(
+            bbox_reg_weights or (10.0, 10.0, 5.0, 5.0),
+            encode_fn=parts.encode_boxes,
+            decode_fn=parts.decode_boxes,
+        )
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
         self.box_predictor = box_predictor
@@ -103,7 +111,7 @@ class RoIHeads(nn.Module):
                 matched_idxs.append(props.new_zeros(props.shape[0], dtype=torch.int64))
                 labels.append(props.new_zeros(props.shape[0], dtype=torch.int64))
                 continue
-            idx = self.proposal_matcher(box_iou(boxes, props))
+            idx = self.proposal_matcher(self.parts.box_iou(boxes, props))
             lab = classes[idx.clamp(min=0)].to(torch.int64)
             lab[idx == Matcher.BELOW_LOW_THRESHOLD] = 0
             lab[idx == Matcher.BETWEEN_THRESHOLDS] = -1  # ignored by the sampler
@@ -169,7 +177,9 @@ class RoIHeads(nn.Module):
             keep = remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             # NMS per class: different classes do not suppress each other
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            keep = self.parts.batched_nms(boxes, scores, labels, self.nms_thresh)[
+                : self.detections_per_img
+            ]
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])
@@ -237,6 +247,8 @@ class RoIHeads(nn.Module):
                 pos_matched_idxs,
                 mode=self.mask_loss,
                 binarize_targets=self.binarize_mask_targets,
+                mask_targets=self.parts.mask_targets,
+                loss_fn=self.parts.mask_loss_for(self.mask_loss),
             )
         else:
             probs = maskrcnn_inference(mask_logits, [r["labels"] for r in result], self.mask_loss)

@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from refimpl.ops import batched_nms, box_iou
-
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
+from .boxes import clip_boxes_to_image, remove_small_boxes
 from .losses import rpn_loss
 from .matcher import Matcher
+from .parts import Parts
 from .sampler import BalancedPositiveNegativeSampler
 
 
@@ -72,20 +72,6 @@ def flatten_predictions(
     return torch.cat(flat_logits, dim=1), torch.cat(flat_deltas, dim=1), counts
 
 
-def clip_boxes_to_image(boxes: Tensor, size: Sequence[int]) -> Tensor:
-    """Clip ``[..., 4]`` boxes to an image of ``size = (H, W)``: x in [0, W], y in [0, H]."""
-    h, w = size
-    x = boxes[..., 0::2].clamp(min=0, max=w)
-    y = boxes[..., 1::2].clamp(min=0, max=h)
-    return torch.stack([x, y], dim=-1).reshape(boxes.shape)
-
-
-def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
-    """Indices of the boxes whose width and height are both >= ``min_size``."""
-    ws, hs = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return torch.where((ws >= min_size) & (hs >= min_size))[0]
-
-
 class RegionProposalNetwork(nn.Module):
     """The RPN: proposals for every image and, in training, its two losses.
 
@@ -98,6 +84,8 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: per-level NMS IoU threshold (0.7).
         score_thresh: minimum objectness probability (0.0).
         smooth_l1_beta: of the box loss (1/9).
+        parts: the box coding, IoU, matcher, sampler and NMS (:class:`~.parts.Parts`; None:
+            refimpl's). The anchors are ``anchor_generator``'s.
     """
 
     min_size = 1e-3  # proposals smaller than this (in pixels) are dropped
@@ -115,17 +103,22 @@ class RegionProposalNetwork(nn.Module):
         nms_thresh: float,
         score_thresh: float = 0.0,
         smooth_l1_beta: float = 1 / 9,
+        parts: Parts | None = None,
     ):
         super().__init__()
+        parts = parts or Parts()
         self.anchor_generator = anchor_generator
         self.head = head
-        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.box_coder = BoxCoder(
+            (1.0, 1.0, 1.0, 1.0), encode_fn=parts.encode_boxes, decode_fn=parts.decode_boxes
+        )
         self.proposal_matcher = Matcher(
-            fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True
+            fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True, match_fn=parts.matcher
         )
         self.fg_bg_sampler = BalancedPositiveNegativeSampler(
-            batch_size_per_image, positive_fraction
+            batch_size_per_image, positive_fraction, sample_fn=parts.sampler
         )
+        self.parts = parts
         self._pre_nms_top_n = dict(pre_nms_top_n)
         self._post_nms_top_n = dict(post_nms_top_n)
         self.nms_thresh = nms_thresh
@@ -170,7 +163,9 @@ class RegionProposalNetwork(nn.Module):
             keep = torch.where(scores >= self.score_thresh)[0]
             boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
             # NMS per level (FPN): boxes of different levels do not suppress each other.
-            keep = batched_nms(boxes, scores, lvl, self.nms_thresh)[: self.post_nms_top_n()]
+            keep = self.parts.batched_nms(boxes, scores, lvl, self.nms_thresh)[
+                : self.post_nms_top_n()
+            ]
             final_boxes.append(boxes[keep])
             final_scores.append(scores[keep])
         return final_boxes, final_scores
@@ -186,7 +181,7 @@ class RegionProposalNetwork(nn.Module):
                 matched_gt_boxes.append(torch.zeros_like(anchors))
                 labels.append(anchors.new_zeros(anchors.shape[0]))
                 continue
-            matched_idxs = self.proposal_matcher(box_iou(gt_boxes, anchors))
+            matched_idxs = self.proposal_matcher(self.parts.box_iou(gt_boxes, anchors))
             matched_gt_boxes.append(gt_boxes[matched_idxs.clamp(min=0)])
             lab = (matched_idxs >= 0).to(anchors.dtype)
             lab[matched_idxs == Matcher.BELOW_LOW_THRESHOLD] = 0.0

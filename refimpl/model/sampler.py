@@ -16,8 +16,48 @@ instead, in index order (for tests).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+
+def sample(
+    labels: list[Tensor],
+    batch_size_per_image: int,
+    positive_fraction: float,
+    generator: torch.Generator | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``labels``: per image, ``>= 1`` positive, ``0`` negative, ``-1`` ignored. Returns per
+    image the indices of the sampled positives and of the sampled negatives, each sorted (the
+    order of the elements, not of the draw): one ``randperm`` of the positives, then one of the
+    negatives, per image, as torchvision. The part ``Parts.sampler`` (exercise 11's ``sample``).
+    """
+    return _sample(labels, batch_size_per_image, positive_fraction, generator, False)
+
+
+def _sample(labels, batch_size_per_image, positive_fraction, generator, deterministic):
+    def choose(n: int, k: int, device: torch.device) -> Tensor:
+        if deterministic:
+            return torch.arange(k, device=device)
+        return torch.randperm(n, device=device, generator=generator)[:k]
+
+    pos_idx, neg_idx = [], []
+    for labels_per_image in labels:
+        positive = torch.where(labels_per_image >= 1)[0]
+        negative = torch.where(labels_per_image == 0)[0]
+        num_pos = min(positive.numel(), int(batch_size_per_image * positive_fraction))
+        num_neg = min(negative.numel(), batch_size_per_image - num_pos)
+        pos = positive[choose(positive.numel(), num_pos, positive.device)]
+        neg = negative[choose(negative.numel(), num_neg, negative.device)]
+        pos_idx.append(pos.sort().values)
+        neg_idx.append(neg.sort().values)
+    return pos_idx, neg_idx
+
+
+SampleFn = Callable[
+    [list[Tensor], int, float, "torch.Generator | None"], tuple[list[Tensor], list[Tensor]]
+]
 
 
 class BalancedPositiveNegativeSampler:
@@ -27,7 +67,9 @@ class BalancedPositiveNegativeSampler:
         batch_size_per_image: ``B``, examples per image.
         positive_fraction: ``f``, the largest fraction of positives.
         generator: the ``torch.Generator`` for the permutations (None: the global one).
-        deterministic: take the first positives / negatives instead of random ones.
+        deterministic: take the first positives / negatives instead of random ones (only with
+            our ``sample_fn``).
+        sample_fn: the sampling itself, with :func:`sample`'s signature (the default).
     """
 
     def __init__(
@@ -36,6 +78,7 @@ class BalancedPositiveNegativeSampler:
         positive_fraction: float,
         generator: torch.Generator | None = None,
         deterministic: bool = False,
+        sample_fn: SampleFn = sample,
     ):
         if batch_size_per_image <= 0 or not 0.0 <= positive_fraction <= 1.0:
             raise ValueError(
@@ -46,11 +89,7 @@ class BalancedPositiveNegativeSampler:
         self.positive_fraction = positive_fraction
         self.generator = generator
         self.deterministic = deterministic
-
-    def _choose(self, n: int, k: int, device: torch.device) -> Tensor:
-        if self.deterministic:
-            return torch.arange(k, device=device)
-        return torch.randperm(n, device=device, generator=self.generator)[:k]
+        self.sample_fn = sample_fn
 
     def __call__(self, labels: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """``labels``: per image, ``>= 1`` positive, ``0`` negative, ``-1`` ignored.
@@ -58,14 +97,20 @@ class BalancedPositiveNegativeSampler:
         Returns per image the indices of the sampled positives and of the sampled negatives,
         each sorted (the order of the elements, not of the draw).
         """
-        pos_idx, neg_idx = [], []
-        for labels_per_image in labels:
-            positive = torch.where(labels_per_image >= 1)[0]
-            negative = torch.where(labels_per_image == 0)[0]
-            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
-            num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
-            pos = positive[self._choose(positive.numel(), num_pos, positive.device)]
-            neg = negative[self._choose(negative.numel(), num_neg, negative.device)]
-            pos_idx.append(pos.sort().values)
-            neg_idx.append(neg.sort().values)
-        return pos_idx, neg_idx
+        if self.sample_fn is sample:
+            return _sample(
+                labels,
+                self.batch_size_per_image,
+                self.positive_fraction,
+                self.generator,
+                self.deterministic,
+            )
+        if self.deterministic:
+            raise ValueError(
+                "deterministic sampling takes the first examples, which only refimpl's sampler "
+                "does: with a sampler of your own, seed a generator instead "
+                "(model.set_sampling(generator=torch.Generator().manual_seed(0)))"
+            )
+        return self.sample_fn(
+            labels, self.batch_size_per_image, self.positive_fraction, self.generator
+        )

@@ -20,7 +20,7 @@ Exactly torchvision's ``GeneralizedRCNNTransform``:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -101,6 +101,9 @@ def paste_masks_in_image(
     return torch.stack(pasted)[:, None]
 
 
+PasteMasksFn = Callable[[Tensor, Tensor, Sequence[int]], Tensor]
+
+
 class GeneralizedRCNNTransform(nn.Module):
     """Normalize, resize and batch the images (and targets); map detections back.
 
@@ -110,6 +113,8 @@ class GeneralizedRCNNTransform(nn.Module):
         max_size: the largest longer side.
         image_mean, image_std: per-channel normalization.
         size_divisible: pad the batch to a multiple of this (32).
+        paste_masks: ``(masks [D, 1, M, M], boxes [D, 4], image_size) -> [D, 1, H, W]``
+            (:func:`paste_masks_in_image`, the default; the part ``Parts.paste_masks``).
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class GeneralizedRCNNTransform(nn.Module):
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
         size_divisible: int = 32,
+        paste_masks: PasteMasksFn = paste_masks_in_image,
     ):
         super().__init__()
         self.min_size = (min_size,) if isinstance(min_size, int) else tuple(min_size)
@@ -126,6 +132,7 @@ class GeneralizedRCNNTransform(nn.Module):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.size_divisible = size_divisible
+        self.paste_masks = paste_masks
 
     def normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():
@@ -206,5 +213,5 @@ class GeneralizedRCNNTransform(nn.Module):
         for pred, size, orig in zip(result, image_sizes, original_image_sizes, strict=True):
             pred["boxes"] = resize_boxes(pred["boxes"], size, orig)
             if "masks" in pred:
-                pred["masks"] = paste_masks_in_image(pred["masks"], pred["boxes"], orig)
+                pred["masks"] = self.paste_masks(pred["masks"], pred["boxes"], orig)
         return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from refimpl.model import MaskRCNN
+from refimpl.model import MaskRCNN, maskrcnn_fpn
 
 # A Mask R-CNN small enough for float64 gradient checks: 64 x 64 images, 4-wide ResNet,
 # 2-channel FPN, 2x2 box RoIs and 4x4 mask RoIs (8x8 masks).
@@ -26,7 +26,7 @@ TINY = {
 
 def tiny_model(num_classes: int = 3, **kwargs) -> MaskRCNN:
     torch.manual_seed(0)
-    return MaskRCNN(num_classes, **{**TINY, **kwargs})
+    return maskrcnn_fpn(num_classes, **{**TINY, **kwargs})
 
 
 def synthetic_batch(size: int = 128, num_images: int = 2, dtype=torch.float32, seed: int = 0):

@@ -86,7 +86,7 @@ def test_eval_outputs_match_torchvision(state_dict, arrays, dtype):
     tag = str(dtype).removeprefix("torch.")
     model = build(state_dict, dtype).eval()
     proposals = []
-    model.rpn.register_forward_hook(lambda m, i, o: proposals.append(o[0]))
+    model.rpn.register_forward_hook(lambda *hook: proposals.append(hook[2][0]))
     images, _ = data(arrays, dtype)
     with torch.no_grad():
         out = model(images)

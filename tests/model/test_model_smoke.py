@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from refimpl.model import LOSS_NAMES, MaskRCNN, maskrcnn_small
+from refimpl.model import LOSS_NAMES, MaskRCNN, maskrcnn_fpn, maskrcnn_small, resnet_fpn_backbone
 
 from .conftest import synthetic_batch
 
@@ -117,9 +117,34 @@ def test_target_checks():
     with pytest.raises(ValueError, match="targets"):
         model(images)
     with pytest.raises(ValueError, match="mask_loss"):
-        MaskRCNN(3, mask_loss="dice")
+        maskrcnn_fpn(3, mask_loss="dice")
     with pytest.raises(ValueError, match="backbone"):
-        MaskRCNN(3, backbone="vgg16")
+        maskrcnn_fpn(3, backbone="vgg16")
+
+
+def test_maskrcnn_takes_modules_as_torchvision():
+    """torchvision's constructor: a backbone module, num_classes or a box_predictor."""
+    backbone = resnet_fpn_backbone("small", width=8, fpn_channels=16)
+    model = MaskRCNN(backbone, 3, min_size=64, max_size=64)
+    assert model.backbone is backbone and model.num_classes == 3
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    # torchvision's default heads: 4 convs of 256, a 1024-wide box head
+    assert model.roi_heads.mask_head[0][0].out_channels == 256
+    assert model.roi_heads.box_head.fc7.out_features == 1024
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 64, 64)])
+    assert set(out) == {"boxes", "labels", "scores", "masks"}
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        MaskRCNN("resnet50", 3)
+    with pytest.raises(TypeError, match="out_channels"):
+        MaskRCNN(torch.nn.Identity(), 3)
+    with pytest.raises(ValueError, match="num_classes is needed"):
+        MaskRCNN(backbone)
+    with pytest.raises(ValueError, match="should be None"):
+        MaskRCNN(backbone, 3, box_predictor=model.roi_heads.box_predictor)
+    with pytest.raises(ValueError, match="background"):
+        MaskRCNN(backbone, 1)
 
 
 def test_no_detections():

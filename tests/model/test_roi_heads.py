@@ -7,13 +7,13 @@ import math
 
 import torch
 
-from refimpl.model import MaskRCNN
+from refimpl.model import maskrcnn_fpn
 
 D = torch.float64
 
 
 def heads(**kw):
-    model = MaskRCNN(
+    model = maskrcnn_fpn(
         3,
         backbone="small",
         backbone_width=4,

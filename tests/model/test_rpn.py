@@ -6,13 +6,8 @@ from __future__ import annotations
 import torch
 
 from refimpl.model.anchors import AnchorGenerator
-from refimpl.model.rpn import (
-    RegionProposalNetwork,
-    RPNHead,
-    clip_boxes_to_image,
-    flatten_predictions,
-    remove_small_boxes,
-)
+from refimpl.model.boxes import clip_boxes_to_image, remove_small_boxes
+from refimpl.model.rpn import RegionProposalNetwork, RPNHead, flatten_predictions
 
 
 def make_rpn(pre=1000, post=1000, nms=0.7, score=0.0, sizes=(8, 16)):
