@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -27,6 +28,8 @@ class StandInMaskRCNN(nn.Module):
         nan_loss: str = "loss_mask",
         nan_rank: int | None = None,
         sigterm_at: int | None = None,
+        nan_grad_at: int | None = None,
+        sleep_s: float = 0.0,
         **kwargs,
     ):
         super().__init__()
@@ -36,9 +39,11 @@ class StandInMaskRCNN(nn.Module):
         self.bn = nn.BatchNorm2d(4)  # a buffer DDP broadcasts, as the real backbone's
         self.head = nn.Linear(4, 5)
         # fault injection: a NaN loss at call ``nan_at`` (on rank ``nan_rank`` only, if
-        # given), or a SIGTERM to this process at call ``sigterm_at``
+        # given), a SIGTERM to this process at call ``sigterm_at``, finite losses with a NaN
+        # gradient at call ``nan_grad_at``; ``sleep_s`` per call slows a run down (so that a
+        # test can kill it mid-way) without changing any number
         self.nan_at, self.nan_loss, self.nan_rank = nan_at, nan_loss, nan_rank
-        self.sigterm_at = sigterm_at
+        self.sigterm_at, self.nan_grad_at, self.sleep_s = sigterm_at, nan_grad_at, sleep_s
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
 
     def forward(self, images, targets=None):
@@ -71,6 +76,11 @@ class StandInMaskRCNN(nn.Module):
             losses[self.nan_loss] = losses[self.nan_loss] * float("nan")
         if int(self.calls) == self.sigterm_at:
             os.kill(os.getpid(), signal.SIGTERM)
+        if int(self.calls) == self.nan_grad_at:
+            # sqrt at 0: the value is 0 (the loss stays finite), the gradient 0 * inf = NaN
+            losses["loss_mask"] = losses["loss_mask"] + (0 * self.head.weight.sum()).sqrt()
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
         return losses
 
     def _fake_detections(self, img):

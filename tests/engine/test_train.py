@@ -1,8 +1,9 @@
 """The training loop with the stand-in model: run directory, exact resumption, NaN stops,
-signals, schedules."""
+signals, schedules, a torn log, a full disk."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from pathlib import Path
@@ -10,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from refimpl.engine.train import (
-    LOSS_NAMES,
-    NonFiniteLossError,
-    WarmupSchedule,
-    load_checkpoint,
-    parse_model_kw,
-    train,
-)
+from refimpl.engine import checkpoint as checkpoint_module
+from refimpl.engine.checkpoint import CheckpointWriteError, load_checkpoint
+from refimpl.engine.config import parse_model_kw
+from refimpl.engine.loop import NonFiniteLossError, NonFiniteParameterError
+from refimpl.engine.schedule import WarmupSchedule
+from refimpl.engine.train import train
+from refimpl.model import LOSS_NAMES
 
 
 def _records(run_dir):
@@ -132,10 +132,128 @@ def test_sigterm_stops_with_a_checkpoint(make_config):
     assert load_checkpoint(Path(cfg.out, "checkpoint.pt"))["iteration"] == 3
 
 
+class FakeClock:
+    """A clock that moves ``tick`` seconds each time it is read: the run's time is a function
+    of what the loop does, not of how busy the machine is."""
+
+    def __init__(self, tick: float):
+        self.t, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
 def test_time_budget_shortens_the_run(make_config):
-    cfg = make_config("budget", iters=100_000, time_budget_s=1.0, log_every=1000, final_eval=False)
-    summary = train(cfg)
-    assert 13 <= summary["iteration"] == summary["total_iters"] < 100_000
-    assert summary["wall_s"] < 10
-    # the cosine schedule followed the new length: the last update used a tiny lr
-    assert summary["last"]["lr"] < 0.05 * cfg.lr
+    cfg = make_config("budget", iters=100_000, time_budget_s=60.0, log_every=1, final_eval=False)
+    summary = train(cfg, clock=FakeClock(1.0))
+    n = summary["iteration"]
+    # the loop reads the clock a few times per iteration: 60 s last 60 / reads iterations
+    assert 5 <= n == summary["total_iters"] <= 60
+    records = _records(Path(cfg.out))
+    assert [r["iter"] for r in records] == list(range(1, n + 1))
+    # the cosine decay followed the clock: the lr falls monotonically after the warm-up, and
+    # the last update used a tiny one
+    lrs = [r["lr"] for r in records[cfg.warmup_iters :]]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.05 * cfg.lr
+    # the same clock gives the same run: nothing here depends on the wall clock
+    again = make_config("budget2", iters=100_000, time_budget_s=60.0, final_eval=False)
+    assert train(again, clock=FakeClock(1.0))["iteration"] == n
+
+
+def test_nan_gradient_stops_before_a_bad_checkpoint(make_config):
+    """Finite losses, a NaN gradient at iteration 4: the update makes the weights NaN; the
+    run stops naming them, and the checkpoint on disk (iteration 3) is all finite."""
+    cfg = make_config("nan-grad", checkpoint_every=1, model_kwargs={"nan_grad_at": 4})
+    message = r"update of iteration 4 made 1 of \d+ .*non-finite \(head\.weight\)"
+    with pytest.raises(NonFiniteParameterError, match=message):
+        train(cfg)
+    ckpt = load_checkpoint(Path(cfg.out, "checkpoint.pt"))
+    assert ckpt["iteration"] == 3
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    assert [r["iter"] for r in _records(Path(cfg.out))] == [1, 2, 3]
+
+
+def test_a_nan_learning_rate_never_reaches_a_checkpoint(make_config):
+    """The issue's ``--lr nan``: rejected when parsed and by TrainConfig; with the check
+    bypassed (a field changed after construction), the first update makes every weight NaN
+    with finite losses, and the run stops there without writing a checkpoint."""
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr"):
+        make_config("nan-lr", lr=float("nan"))
+    cfg = make_config("nan-lr", iters=1, checkpoint_every=1)
+    cfg.lr = float("nan")
+    with pytest.raises(NonFiniteParameterError, match="update of iteration 1"):
+        train(cfg)
+    assert not Path(cfg.out, "checkpoint.pt").exists()
+
+
+def test_torn_metrics_line_is_recovered_on_resume(make_config):
+    """A kill while appending to metrics.jsonl leaves half a line: --resume drops it with a
+    warning and continues; the log ends up as an uninterrupted run's."""
+    full = make_config("full")
+    train(full)
+    part = make_config("torn", stop_at=5)
+    train(part)
+    log = Path(part.out, "metrics.jsonl")
+    with open(log, "a") as f:
+        f.write('{"iter": 6, "epoch": 1, "lr": 0.0')  # no newline: cut short
+    with pytest.warns(RuntimeWarning, match="last line is incomplete"):
+        train(make_config("torn", resume=True))
+    keys = [*LOSS_NAMES, "lr", "iter"]
+    a, b = _records(Path(full.out)), _records(Path(part.out))
+    assert [[r[k] for k in keys] for r in a] == [[r[k] for k in keys] for r in b]
+
+
+class FullDisk:
+    """open() for the checkpoint module whose files fail with ENOSPC after ``room`` bytes,
+    as a real full disk does (in write, or in flush for what was buffered)."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)  # closed by Limited.__exit__
+        room = self
+
+        class Limited:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                f.close()
+
+            def write(self, data):
+                if len(data) > room.room:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                room.room -= len(data)
+                return f.write(data)
+
+            def __getattr__(self, name):
+                return getattr(f, name)
+
+        return Limited()
+
+
+def test_full_disk_keeps_the_previous_checkpoint(make_config, monkeypatch):
+    cfg = make_config("full-disk", checkpoint_every=2, iters=4, final_eval=False)
+    train(make_config("full-disk", checkpoint_every=2, stop_at=2, iters=4, final_eval=False))
+    path = Path(cfg.out, "checkpoint.pt")
+    before = path.read_bytes()
+    monkeypatch.setattr(checkpoint_module, "open", FullDisk(room=4096), raising=False)
+    with pytest.raises(CheckpointWriteError, match=r"no space left writing the checkpoint to"):
+        train(make_config("full-disk", checkpoint_every=2, iters=4, final_eval=False, resume=True))
+    assert path.read_bytes() == before  # the previous checkpoint, untouched
+    assert not list(Path(cfg.out).glob("*.tmp"))  # and no partial file left behind
+
+
+def test_full_disk_cli_message(make_config, monkeypatch, capsys):
+    from refimpl.__main__ import main
+
+    cfg = make_config("full-disk-cli")
+    monkeypatch.setattr(checkpoint_module, "open", FullDisk(room=0), raising=False)
+    argv = ["train", "--data", cfg.data, "--out", cfg.out, "--model", cfg.model, "--iters", "2",
+            "--batch-size", "2", "--no-progress", "--threads", "1", "--no-final-eval"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no space left writing the checkpoint to" in err and "checkpoint.pt" in err
+    assert not list(Path(cfg.out).glob("*.tmp"))
