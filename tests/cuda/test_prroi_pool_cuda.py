@@ -26,6 +26,7 @@ numba_cuda = require_device()
 
 cu = BACKENDS["cuda"]
 py = BACKENDS["python"]
+from refimpl.ops.cuda import _launch  # noqa: E402
 
 OUT = (2, 3)
 SCALE = 0.9
@@ -83,9 +84,9 @@ def test_strides_and_overlapping_rois(monkeypatch):
     """One block of 32 threads for everything: the forward's grid-stride loop, and the
     backward's block-stride loop over 6 RoIs and thread stride over each RoI's 2 x 4 x 5 = 40
     elements; overlapping RoIs must not lose atomic updates."""
-    monkeypatch.setattr(cu, "MAX_BLOCKS", 1)
-    monkeypatch.setattr(cu, "THREADS_PER_BLOCK", 32)
-    monkeypatch.setattr(cu, "PRROI_THREADS", 32)
+    monkeypatch.setattr(_launch, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(_launch, "THREADS_PER_BLOCK", 32)
+    monkeypatch.setattr(cu.prroi_pool, "THREADS", 32)
     out = (4, 5)  # 2 channels x 20 bins = 40 elements per RoI > 32 threads
     x, grad = _inputs(np.float64, seed=3, shape=(1, 2, 5, 5), n_rois=6, out=out)
     rois = np.tile([[0, 0.6, 0.4, 3.7, 3.9]], (6, 1))
@@ -100,34 +101,34 @@ def test_strides_and_overlapping_rois(monkeypatch):
 
 
 def test_launch_functions_accumulate_and_check():
-    cuda = cu.cuda
+    cuda = numba_cuda
     x, grad = _inputs(np.float64, seed=6)
     rois = _rois(np.float64)
     x_d, rois_d, grad_d = (cuda.to_device(a) for a in (x, rois, grad))
     out = cuda.device_array((5, 3, *OUT), np.float64)
-    cu.launch_prroi_pool_forward(x_d, rois_d, out, SCALE, True)
+    cu.prroi_pool.launch_forward(x_d, rois_d, out, SCALE, True)
     assert_close(out.copy_to_host(), py.prroi_pool_forward(x, rois, OUT, SCALE, True))
     grad_x = cuda.to_device(np.zeros_like(x))
     start = np.zeros_like(rois)
     start[:, 0] = 7.0  # column 0 is never written
     grad_rois = cuda.to_device(start)
     for _ in range(2):  # accumulated into: two launches give twice the gradients
-        cu.launch_prroi_pool_backward(x_d, rois_d, grad_d, grad_x, grad_rois, SCALE, True)
+        cu.prroi_pool.launch_backward(x_d, rois_d, grad_d, grad_x, grad_rois, SCALE, True)
     ref_x, ref_rois = py.prroi_pool_backward(x, rois, grad, OUT, SCALE, True)
     ref_rois[:, 0] = 3.5
     assert_close(grad_x.copy_to_host(), 2 * ref_x)
     assert_close(grad_rois.copy_to_host(), 2 * ref_rois)
 
     with pytest.raises(ValueError, match="grad_rois must have shape"):
-        cu.launch_prroi_pool_backward(
+        cu.prroi_pool.launch_backward(
             x_d, rois_d, grad_d, grad_x, cuda.device_array((5, 4)), SCALE, True
         )
     with pytest.raises(TypeError, match="grad_rois must have dtype float64"):
-        cu.launch_prroi_pool_backward(
+        cu.prroi_pool.launch_backward(
             x_d, rois_d, grad_d, grad_x, cuda.device_array((5, 5), np.float32), SCALE, True
         )
     with pytest.raises(ValueError, match="out must have shape"):
-        cu.launch_prroi_pool_forward(x_d, rois_d, cuda.device_array((5, 2, 2, 3)), SCALE, True)
+        cu.prroi_pool.launch_forward(x_d, rois_d, cuda.device_array((5, 2, 2, 3)), SCALE, True)
 
 
 def test_empty_and_invalid_inputs():
@@ -156,19 +157,20 @@ def torch_ops_on_simulator(monkeypatch):
         pytest.skip("a real GPU: tests/ops/test_prroi_torch_op.py covers it")
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
-    from refimpl.ops import torch_ops as T
+    import refimpl.ops
+    from refimpl.ops.torch import cuda_kernels
 
     @contextlib.contextmanager
-    def numba_cuda_on_cpu(device):
+    def numba_cuda_on_cpu(_device):
         yield (lambda t: FakeCUDAArray(t.detach().numpy())), 0
 
-    monkeypatch.setattr(T, "_numba_cuda", numba_cuda_on_cpu)
-    return torch, T
+    monkeypatch.setattr(cuda_kernels, "numba_cuda", numba_cuda_on_cpu)
+    return torch, refimpl.ops, cuda_kernels
 
 
 @pytest.mark.parametrize("dtype_name", ["float64", "float16"])
 def test_torch_cuda_path_matches_cpu(torch_ops_on_simulator, dtype_name):
-    torch, T = torch_ops_on_simulator
+    torch, ops, K = torch_ops_on_simulator
     dtype = getattr(torch, dtype_name)
     x_np, grad_np = _inputs(np.float64, seed=8, n_rois=4)
     x = torch.from_numpy(x_np).to(dtype)
@@ -178,17 +180,17 @@ def test_torch_cuda_path_matches_cpu(torch_ops_on_simulator, dtype_name):
     rois = rois.to(torch.float32 if dtype == torch.float16 else dtype)
     grad = torch.from_numpy(grad_np).to(dtype)
     x_req, rois_req = x.clone().requires_grad_(True), rois.clone().requires_grad_(True)
-    y_cpu = T.prroi_pool(x_req, rois_req, OUT, 0.5, True)
+    y_cpu = ops.prroi_pool(x_req, rois_req, OUT, 0.5, True)
     gx_cpu, gr_cpu = torch.autograd.grad(y_cpu, (x_req, rois_req), grad)
 
-    y = T._cuda_roi_forward("prroi_pool_forward", x, rois, OUT, 0.5, True)
+    y = K.roi_forward("prroi_pool_forward", x, rois, OUT, 0.5, True)
     assert y.dtype == dtype
     torch.testing.assert_close(y, y_cpu, rtol=1e-6, atol=1e-6)
-    gx, gr = T._cuda_prroi_backward(grad, x, rois, OUT, 0.5, True)
+    gx, gr = K.prroi_pool_backward(grad, x, rois, OUT, 0.5, True)
     assert gx.dtype == dtype and gr.dtype == rois.dtype
     torch.testing.assert_close(gx, gx_cpu, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(gr, gr_cpu, rtol=1e-5, atol=1e-5)
     bad = rois.clone()
     bad[1, 0] = 2  # batch index out of range: refused before the launch
     with pytest.raises(ValueError, match=r"rois\[:, 0\]"):
-        T._cuda_prroi_backward(grad, x, bad, OUT, 0.5, True)
+        K.prroi_pool_backward(grad, x, bad, OUT, 0.5, True)
