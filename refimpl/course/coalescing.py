@@ -56,6 +56,29 @@ def _thread_element(layout: str, t: np.ndarray, shape: tuple[int, int, int, int]
     return k, c, ph, pw
 
 
+def _sample_corners(F, grid, ph, pw, iy, ix, height, width):
+    """The four (y, x) pixels that sample (iy, ix) of bin (ph, pw) reads, or None where the
+    RoI's grid has no such sample or the sample lies outside the image."""
+    start_y, start_x, bin_h, bin_w, gh, gw, _ = grid
+    if iy >= gh or ix >= gw:
+        return None
+    y = g.sample_coord(F, start_y, bin_h, ph, iy, gh)
+    xx = g.sample_coord(F, start_x, bin_w, pw, ix, gw)
+    inside_y, y0, y1, _, _ = g.bilinear_1d(F, y, height)
+    inside_x, x0, x1, _, _ = g.bilinear_1d(F, xx, width)
+    if not (inside_y and inside_x):
+        return None
+    return (y0, x0), (y0, x1), (y1, x0), (y1, x1)
+
+
+def _element_offset(layout, x_shape, b, c, y, x) -> int:
+    """The offset, in elements, of x[b, c, y, x] in ``layout``."""
+    _, channels, height, width = x_shape
+    if layout == "channels_last":
+        return ((b * height + y) * width + x) * channels + c
+    return ((b * channels + c) * height + y) * width + x
+
+
 def replay_roi_align_loads(
     layout: str,
     x_shape: tuple[int, int, int, int],
@@ -92,29 +115,17 @@ def replay_roi_align_loads(
         grid_w = max(grids[i][5] for i in k)
         for iy in range(grid_h):
             for ix in range(grid_w):
-                corners = []  # per thread: up to four (y, x) pixels, or none
-                for lane in range(t.size):
-                    start_y, start_x, bin_h, bin_w, gh, gw, _ = grids[k[lane]]
-                    if iy >= gh or ix >= gw:
-                        corners.append(None)
-                        continue
-                    y = g.sample_coord(F, start_y, bin_h, ph[lane], iy, gh)
-                    xx = g.sample_coord(F, start_x, bin_w, pw[lane], ix, gw)
-                    inside_y, y0, y1, _, _ = g.bilinear_1d(F, y, height)
-                    inside_x, x0, x1, _, _ = g.bilinear_1d(F, xx, width)
-                    ok = inside_y and inside_x
-                    corners.append(((y0, x0), (y0, x1), (y1, x0), (y1, x1)) if ok else None)
+                # per lane: the four (y, x) pixels of its sample (iy, ix), or None
+                corners = [
+                    _sample_corners(F, grids[k[lane]], ph[lane], pw[lane], iy, ix, height, width)
+                    for lane in range(t.size)
+                ]
                 for corner in range(4):  # one load instruction per corner
-                    addresses = []
-                    for lane, cs in enumerate(corners):
-                        if cs is None:
-                            continue
-                        yy, xx = cs[corner]
-                        if layout == "channels_last":
-                            e = ((b[lane] * height + yy) * width + xx) * channels + c[lane]
-                        else:
-                            e = ((b[lane] * channels + c[lane]) * height + yy) * width + xx
-                        addresses.append(e * itemsize)
+                    addresses = [
+                        _element_offset(layout, x_shape, b[lane], c[lane], *cs[corner]) * itemsize
+                        for lane, cs in enumerate(corners)
+                        if cs is not None
+                    ]
                     if addresses:
                         instructions += 1
                         sectors += len({a // SECTOR_BYTES for a in addresses})

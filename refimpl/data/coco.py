@@ -103,8 +103,15 @@ def load_coco_json(path: str | os.PathLike) -> dict:
     if not isinstance(data["annotations"], list):
         raise ValueError(f"{path}: 'annotations' is not a list")
 
+    _check_images(path, data["images"])
+    _check_unique_ids(path, data["categories"], "categories", "a", "category")
+    _check_unique_ids(path, data["annotations"], "annotations", "an", "annotation")
+    return data
+
+
+def _check_images(path: Path, images: list) -> None:
     seen = set()
-    for k, im in enumerate(data["images"]):
+    for k, im in enumerate(images):
         where = f"{path}: images[{k}]"
         if not isinstance(im, dict) or not _is_int(im.get("id")):
             raise ValueError(f"{where}: an image needs an integer 'id'")
@@ -116,21 +123,17 @@ def load_coco_json(path: str | os.PathLike) -> dict:
         if im["id"] in seen:
             raise ValueError(f"{where}: duplicate image id")
         seen.add(im["id"])
-    cat_ids = set()
-    for k, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
-            raise ValueError(f"{path}: categories[{k}]: a category needs an integer 'id'")
-        if cat["id"] in cat_ids:
-            raise ValueError(f"{path}: duplicate category id {cat['id']}")
-        cat_ids.add(cat["id"])
-    ann_ids = set()
-    for k, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
-            raise ValueError(f"{path}: annotations[{k}]: an annotation needs an integer 'id'")
-        if ann["id"] in ann_ids:
-            raise ValueError(f"{path}: duplicate annotation id {ann['id']}")
-        ann_ids.add(ann["id"])
-    return data
+
+
+def _check_unique_ids(path: Path, items: list, key: str, article: str, thing: str) -> None:
+    """Every item of ``data[key]`` a dict with an integer ``id``, no id twice."""
+    ids = set()
+    for k, item in enumerate(items):
+        if not isinstance(item, dict) or not _is_int(item.get("id")):
+            raise ValueError(f"{path}: {key}[{k}]: {article} {thing} needs an integer 'id'")
+        if item["id"] in ids:
+            raise ValueError(f"{path}: duplicate {thing} id {item['id']}")
+        ids.add(item["id"])
 
 
 def _is_int(v) -> bool:
@@ -265,18 +268,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.include_crowd = include_crowd
         data = load_coco_json(self.ann_file)
 
-        self.categories = sorted(data["categories"], key=lambda c: c["id"])
-        cat_ids = [c["id"] for c in self.categories]
-        if contiguous_labels:
-            self.cat_to_label = {cid: i + 1 for i, cid in enumerate(cat_ids)}
-        else:
-            self.cat_to_label = {cid: cid for cid in cat_ids}
-        self.label_to_cat = {v: k for k, v in self.cat_to_label.items()}
-        self.num_classes = max(self.cat_to_label.values(), default=0) + 1
-        names = {c["id"]: str(c.get("name", c["id"])) for c in self.categories}
-        self.class_names = ["__background__"] * self.num_classes
-        for cid, label in self.cat_to_label.items():
-            self.class_names[label] = names[cid]
+        self._set_labels(data["categories"], contiguous_labels)
 
         skipped: Counter[str] = Counter()
         examples: dict[str, list[str]] = {}
@@ -292,17 +284,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
         images = {im["id"]: im for im in data["images"]}
         if check_files and images:
-            missing = [i for i, im in images.items() if not (self.root / im["file_name"]).is_file()]
-            if len(missing) == len(images):
-                raise ValueError(
-                    f"{self.ann_file}: none of the {len(images)} image files is under {self.root}"
-                    f" (e.g. {self.root / images[missing[0]]['file_name']}); wrong image root?"
-                )
-            for i in missing:
-                skip("missing_image_file", f"image id {i}", str(self.root / images[i]["file_name"]))
-                del images[i]
+            self._drop_missing_files(images, skip)
 
-        cat_set, all_image_ids = set(cat_ids), {im["id"] for im in data["images"]}
+        cat_set, all_image_ids = set(self.cat_to_label), {im["id"] for im in data["images"]}
         annotations, clipped = [], 0
         for ann in data["annotations"]:
             image = images.get(ann.get("image_id"))
@@ -356,6 +340,35 @@ class CocoDetection(torch.utils.data.Dataset):
                 DatasetWarning,
                 stacklevel=2,
             )
+
+    def _drop_missing_files(self, images: dict, skip) -> None:
+        """Remove (and ``skip``) the images whose file is not under the root; none there at
+        all is a wrong root, a ValueError."""
+        missing = [i for i, im in images.items() if not (self.root / im["file_name"]).is_file()]
+        if len(missing) == len(images):
+            raise ValueError(
+                f"{self.ann_file}: none of the {len(images)} image files is under {self.root}"
+                f" (e.g. {self.root / images[missing[0]]['file_name']}); wrong image root?"
+            )
+        for i in missing:
+            skip("missing_image_file", f"image id {i}", str(self.root / images[i]["file_name"]))
+            del images[i]
+
+    def _set_labels(self, categories: list, contiguous: bool) -> None:
+        """``categories`` (sorted by id), ``cat_to_label`` / ``label_to_cat``,
+        ``num_classes`` and ``class_names`` (index = label)."""
+        self.categories = sorted(categories, key=lambda c: c["id"])
+        cat_ids = [c["id"] for c in self.categories]
+        if contiguous:
+            self.cat_to_label = {cid: i + 1 for i, cid in enumerate(cat_ids)}
+        else:
+            self.cat_to_label = {cid: cid for cid in cat_ids}
+        self.label_to_cat = {v: k for k, v in self.cat_to_label.items()}
+        self.num_classes = max(self.cat_to_label.values(), default=0) + 1
+        names = {c["id"]: str(c.get("name", c["id"])) for c in self.categories}
+        self.class_names = ["__background__"] * self.num_classes
+        for cid, label in self.cat_to_label.items():
+            self.class_names[label] = names[cid]
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -40,7 +40,7 @@ SCALE = 0.5
 @pytest.fixture(autouse=True)
 def simulated_device(monkeypatch):
     @contextlib.contextmanager
-    def numba_cuda_on_cpu(device):
+    def numba_cuda_on_cpu(_device):
         # .numpy() shares the tensor's memory: kernels write into torch's buffers, as on a GPU.
         yield (lambda t: FakeCUDAArray(t.detach().numpy())), 0
 

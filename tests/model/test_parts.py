@@ -43,7 +43,7 @@ def _one_arg(x):  # a wrong signature for every part
     return x
 
 
-def _raises(*args):
+def _raises(*_args):
     raise RuntimeError("boom in the learner's code")
 
 

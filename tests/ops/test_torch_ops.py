@@ -633,7 +633,8 @@ def layout_scope(layout):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("name", ROI_FUNCS)
-def test_cuda_matches_cpu(name, dtype, layout_scope):
+@pytest.mark.usefixtures("layout_scope")
+def test_cuda_matches_cpu(name, dtype):
     x = _x(dtype)
     rois = _rois(torch.float32 if dtype == torch.float16 else dtype, k=6, scale=0.5)
     y_cpu = _call(name, x.requires_grad_(True), rois)
@@ -651,7 +652,8 @@ def test_cuda_matches_cpu(name, dtype, layout_scope):
 @pytest.mark.torchvision
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_against_torchvision_cuda(dtype, layout_scope):
+@pytest.mark.usefixtures("layout_scope")
+def test_cuda_against_torchvision_cuda(dtype):
     """Our CUDA kernels (both layouts) against torchvision's CUDA kernels: outputs and input
     gradients, float64 1e-9 and float32 1e-5; NMS and box IoU on the device."""
     tv = pytest.importorskip("torchvision")

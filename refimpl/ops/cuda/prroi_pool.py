@@ -85,7 +85,7 @@ def _tent_sum(F, x, b, c, y_lo, y_hi, y_point, x_lo, x_hi, x_point, height, widt
 
 
 @functools.cache
-def _kernels(dtype: np.dtype) -> SimpleNamespace:
+def _kernels(dtype: np.dtype) -> SimpleNamespace:  # noqa: C901  (the forward and backward kernels it compiles; each is under the limit)
     """``forward`` and ``backward`` for float32 or float64 (``F`` closed over)."""
     F = np.dtype(dtype).type
 

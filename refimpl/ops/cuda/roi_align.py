@@ -101,7 +101,7 @@ def _max_sample(F, x, b, c, ph, pw, grid, h, w, channels_last):
 
 
 @functools.cache
-def _kernels(dtype: np.dtype, layout: str) -> SimpleNamespace:
+def _kernels(dtype: np.dtype, layout: str) -> SimpleNamespace:  # noqa: C901  (the forward and backward kernels it compiles; each is under the limit)
     """``forward`` and ``backward`` for float32 or float64 and one memory layout, compiled on
     first launch (``F`` and ``CHANNELS_LAST`` are closed over: constants of the code)."""
     F = np.dtype(dtype).type

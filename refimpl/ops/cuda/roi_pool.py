@@ -61,7 +61,7 @@ def _argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi, channels_last):
 
 
 @functools.cache
-def _kernels(dtype: np.dtype, layout: str) -> SimpleNamespace:
+def _kernels(dtype: np.dtype, layout: str) -> SimpleNamespace:  # noqa: C901  (the forward and backward kernels it compiles; each is under the limit)
     """``forward``, ``forward_argmax``, ``backward`` and ``backward_argmax`` for one dtype and
     layout, compiled on first launch (``F``, ``CHANNELS_LAST`` closed over)."""
     F = np.dtype(dtype).type

@@ -160,7 +160,7 @@ def _(grad, _input, _rois, _spatial_scale, _pooled_height, _pooled_width, batch_
     return _fake_roi_backward(grad, batch_size, channels, height, width)
 
 
-def _roi_align_setup_context(ctx, inputs, output) -> None:
+def _roi_align_setup_context(ctx, inputs, output) -> None:  # noqa: ARG001  (torch passes output=)
     input, rois, spatial_scale, ph, pw, sampling_ratio, aligned, pool_mode = inputs
     ctx.params = (spatial_scale, ph, pw, sampling_ratio, aligned, pool_mode)
     ctx.input_shape = tuple(input.shape)
