@@ -181,24 +181,35 @@ def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict]:
 
         def k_bwd():
             gx.zero_()  # the avg backward reads only x's shape: grad_x stands in for it
-            cu.launch_roi_align_backward(
-                a["gx"], a["rois"], a["grad"], a["gx"], *params, stream=stream
+            cu.roi_align.launch_backward(
+                a["gx"], a["rois"], a["grad"], a["gx"], *params, layout="nchw", stream=stream
             )
 
         def k_bwd_cl():
             gx_nhwc.zero_()
-            cu.launch_roi_align_backward_nhwc(
-                a["gx_nhwc"], a["rois"], a["g_nhwc"], a["gx_nhwc"], *params, stream=stream
+            cu.roi_align.launch_backward(
+                a["gx_nhwc"],
+                a["rois"],
+                a["g_nhwc"],
+                a["gx_nhwc"],
+                *params,
+                layout="channels_last",
+                stream=stream,
             )
 
         forward = {
             "torchvision": lambda: tv.roi_align(x, rois, scale, p, p, sr, aligned),
             "refimpl": lambda: ours.roi_align(x, rois, scale, p, p, sr, aligned, "avg"),
-            "kernel nchw": lambda: cu.launch_roi_align_forward(
-                a["x"], a["rois"], a["out"], *params, stream=stream
+            "kernel nchw": lambda: cu.roi_align.launch_forward(
+                a["x"], a["rois"], a["out"], *params, layout="nchw", stream=stream
             ),
-            "kernel nhwc": lambda: cu.launch_roi_align_forward_nhwc(
-                a["x_nhwc"], a["rois"], a["out_nhwc"], *params, stream=stream
+            "kernel nhwc": lambda: cu.roi_align.launch_forward(
+                a["x_nhwc"],
+                a["rois"],
+                a["out_nhwc"],
+                *params,
+                layout="channels_last",
+                stream=stream,
             ),
         }
         backward = {
@@ -221,25 +232,36 @@ def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict]:
         a["am"], a["am_nhwc"] = (ncuda.as_cuda_array(t, sync=False) for t in (am, am_nhwc))
 
         def k_fwd():
-            cu.launch_roi_pool_forward_with_argmax(
-                a["x"], a["rois"], a["out"], a["am"], scale, stream=stream
+            cu.roi_pool.launch_forward_with_argmax(
+                a["x"], a["rois"], a["out"], a["am"], scale, layout="nchw", stream=stream
             )
 
         def k_fwd_cl():
-            cu.launch_roi_pool_forward_with_argmax_nhwc(
-                a["x_nhwc"], a["rois"], a["out_nhwc"], a["am_nhwc"], scale, stream=stream
+            cu.roi_pool.launch_forward_with_argmax(
+                a["x_nhwc"],
+                a["rois"],
+                a["out_nhwc"],
+                a["am_nhwc"],
+                scale,
+                layout="channels_last",
+                stream=stream,
             )
 
         def k_bwd():
             gx.zero_()
-            cu.launch_roi_pool_backward_from_argmax(
-                a["rois"], a["grad"], a["am"], a["gx"], stream=stream
+            cu.roi_pool.launch_backward_from_argmax(
+                a["rois"], a["grad"], a["am"], a["gx"], layout="nchw", stream=stream
             )
 
         def k_bwd_cl():
             gx_nhwc.zero_()
-            cu.launch_roi_pool_backward_from_argmax_nhwc(
-                a["rois"], a["g_nhwc"], a["am_nhwc"], a["gx_nhwc"], stream=stream
+            cu.roi_pool.launch_backward_from_argmax(
+                a["rois"],
+                a["g_nhwc"],
+                a["am_nhwc"],
+                a["gx_nhwc"],
+                layout="channels_last",
+                stream=stream,
             )
 
         k_fwd()

@@ -1,5 +1,5 @@
-"""RoIPool with a saved argmax on CUDA (refimpl.ops.cuda's ``launch_roi_pool_forward_with_argmax``
-and ``launch_roi_pool_backward_from_argmax``, NCHW and channels-last, and the NumPy-interface
+"""RoIPool with a saved argmax on CUDA (refimpl.ops.cuda.roi_pool's ``launch_forward_with_argmax``
+and ``launch_backward_from_argmax``, NCHW and channels-last, and the NumPy-interface
 ``roi_pool_forward_with_argmax`` / ``roi_pool_backward_from_argmax``).
 
 Runs in its own process, under the CUDA simulator or on a GPU:
@@ -7,7 +7,7 @@ Runs in its own process, under the CUDA simulator or on a GPU:
     NUMBA_ENABLE_CUDASIM=1 .venv/bin/pytest tests/cuda
 
 The forward is the plain RoIPool kernel with one more store: its output must be bitwise
-that of ``launch_roi_pool_forward``, and output and argmax exactly the numba backend's (the
+that of ``roi_pool.launch_forward``, and output and argmax exactly the numba backend's (the
 same first maximum, -1 for a bin clipped off the map). The backward scatters with atomic
 adds, whose order varies: equal to the python and numba backends up to rounding. The box
 set is test_cuda_backend's, with every awkward kind of box.
@@ -70,7 +70,7 @@ def _forward(layout, x, rois, scale):
 
 
 def _backward(layout, x, rois, grad, argmax, times=1):
-    """grad_x (NCHW) from ``launch_roi_pool_backward_from_argmax``, ``times`` launches into
+    """grad_x (NCHW) from ``roi_pool.launch_backward_from_argmax``, ``times`` launches into
     one buffer (it is accumulated into). In channels-last, grad_out and argmax are permuted
     (strided) views of NCHW device arrays, as a torch caller may pass them."""
     launch = functools.partial(cu.roi_pool.launch_backward_from_argmax, layout=layout)

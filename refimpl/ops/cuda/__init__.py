@@ -66,41 +66,6 @@ from .roi_pool import (
 )
 from .roi_warp import roi_warp_backward, roi_warp_forward
 
-# --- TEMPORARY: the torch layer's old names, launch_<op>_<direction>[_nhwc](*args, stream=);
-# removed when it calls the op modules' launch functions (with layout=) directly.
-
-
-def _legacy(launch, layout: str | None):
-    def call(*args, stream=0):
-        return launch(*args, stream=stream, **({} if layout is None else {"layout": layout}))
-
-    call.__doc__ = f"{launch.__module__}.{launch.__name__}(..., layout={layout!r})"
-    return call
-
-
-launch_roi_align_forward = _legacy(roi_align.launch_forward, "nchw")
-launch_roi_align_backward = _legacy(roi_align.launch_backward, "nchw")
-launch_roi_warp_forward = _legacy(roi_warp.launch_forward, "nchw")
-launch_roi_warp_backward = _legacy(roi_warp.launch_backward, "nchw")
-launch_roi_pool_forward = _legacy(roi_pool.launch_forward, "nchw")
-launch_roi_pool_forward_with_argmax = _legacy(roi_pool.launch_forward_with_argmax, "nchw")
-launch_roi_pool_backward = _legacy(roi_pool.launch_backward, "nchw")
-launch_roi_pool_backward_from_argmax = _legacy(roi_pool.launch_backward_from_argmax, "nchw")
-launch_roi_align_forward_nhwc = _legacy(roi_align.launch_forward, "channels_last")
-launch_roi_align_backward_nhwc = _legacy(roi_align.launch_backward, "channels_last")
-launch_roi_warp_forward_nhwc = _legacy(roi_warp.launch_forward, "channels_last")
-launch_roi_warp_backward_nhwc = _legacy(roi_warp.launch_backward, "channels_last")
-launch_roi_pool_forward_nhwc = _legacy(roi_pool.launch_forward, "channels_last")
-launch_roi_pool_forward_with_argmax_nhwc = _legacy(
-    roi_pool.launch_forward_with_argmax, "channels_last"
-)
-launch_roi_pool_backward_nhwc = _legacy(roi_pool.launch_backward, "channels_last")
-launch_roi_pool_backward_from_argmax_nhwc = _legacy(
-    roi_pool.launch_backward_from_argmax, "channels_last"
-)
-launch_prroi_pool_forward = _legacy(prroi_pool.launch_forward, None)
-launch_prroi_pool_backward = _legacy(prroi_pool.launch_backward, None)
-
 __all__ = [
     "box_iou",
     "boxes",

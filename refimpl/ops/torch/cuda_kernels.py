@@ -55,17 +55,35 @@ def numba_cuda(device: torch.device) -> Iterator[tuple]:
         yield as_array, stream
 
 
+# kernel name -> (module of refimpl.ops.cuda, its launch function, whether it takes layout=)
+_LAUNCHES = {
+    "roi_align_forward": ("roi_align", "launch_forward", True),
+    "roi_align_backward": ("roi_align", "launch_backward", True),
+    "roi_warp_forward": ("roi_warp", "launch_forward", True),
+    "roi_warp_backward": ("roi_warp", "launch_backward", True),
+    "roi_pool_forward": ("roi_pool", "launch_forward", True),
+    "roi_pool_forward_with_argmax": ("roi_pool", "launch_forward_with_argmax", True),
+    "roi_pool_backward": ("roi_pool", "launch_backward", True),
+    "roi_pool_backward_from_argmax": ("roi_pool", "launch_backward_from_argmax", True),
+    "prroi_pool_forward": ("prroi_pool", "launch_forward", False),  # NCHW only
+    "prroi_pool_backward": ("prroi_pool", "launch_backward", False),
+    "box_iou": ("boxes", "launch_box_iou", False),
+}
+
+
 def _launch(name: str, *args, stream, layout: Layout = "nchw") -> None:
     """THE adapter to refimpl.ops.cuda's launch API (adjust here, nowhere else).
 
-    Calls ``launch_<name>(*args, stream=stream)``: forwards ``(x, rois, out, *params)``,
-    backwards ``(x, rois, grad_out, grad_x, *params)`` with ``grad_x`` zeroed (accumulated
-    into), ``box_iou`` ``(boxes1, boxes2, iou)``; ``params`` as the backend interface's.
-    ``layout="channels_last"``: ``launch_<name>_nhwc``, the same arguments with x, out,
-    grad_out and grad_x as [N, H, W, C] / [K, PH, PW, C].
+    Calls the launch function of kernel ``name`` (:data:`_LAUNCHES`) with ``(*args,
+    stream=stream)``, plus ``layout=layout`` where the kernel has both layouts: forwards
+    ``(x, rois, out, *params)``, backwards ``(x, rois, grad_out, grad_x, *params)`` with
+    ``grad_x`` zeroed (accumulated into), ``box_iou`` ``(boxes1, boxes2, iou)``; ``params``
+    as the backend interface's. ``layout="channels_last"``: x, out, grad_out and grad_x as
+    [N, H, W, C] / [K, PH, PW, C].
     """
-    suffix = "_nhwc" if layout == "channels_last" else ""
-    getattr(cuda_backend(), f"launch_{name}{suffix}")(*args, stream=stream)
+    module, function, has_layout = _LAUNCHES[name]
+    launch = getattr(getattr(cuda_backend(), module), function)
+    launch(*args, stream=stream, **({"layout": layout} if has_layout else {}))
 
 
 # --- the kernels' views of torch's tensors, in either layout ------------------------------------
