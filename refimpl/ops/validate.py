@@ -19,6 +19,12 @@ LAYOUTS = ("nchw", "channels_last")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Larger coordinates lose integer precision in float32 and overflow the kernels' int sizes.
 MAX_COORD = float(2**24)
+# Bounds checked before any allocation. 1024 bins a side is far past any detector's (7, 14,
+# 28) and keeps PH * PW * 8 bytes per RoI and channel at 8 MiB; 1024 samples a side (a
+# million per bin) is far past a pixel-accurate grid, and keeps every kernel's sample index
+# and loop count within int32 (2**63 used to pool to zeros, 2**32 + 1 to hang).
+MAX_OUTPUT_SIZE = 1024
+MAX_SAMPLING_RATIO = 1024
 
 
 class RoIArgs(NamedTuple):
@@ -58,7 +64,7 @@ def _check_int(name: str, v) -> int:
 
 
 def check_output_size(output_size) -> tuple[int, int]:
-    """`output_size` is an int or a pair of ints, each positive."""
+    """`output_size` is an int or a pair of ints, each in ``[1, MAX_OUTPUT_SIZE]``."""
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
             raise ValueError(f"output_size must be an int or a pair, got {output_size!r}")
@@ -67,7 +73,22 @@ def check_output_size(output_size) -> tuple[int, int]:
         ph = pw = _check_int("output_size", output_size)
     if ph <= 0 or pw <= 0:
         raise ValueError(f"output_size must be positive, got {output_size!r}")
+    if ph > MAX_OUTPUT_SIZE or pw > MAX_OUTPUT_SIZE:
+        raise ValueError(
+            f"output_size must be at most {MAX_OUTPUT_SIZE} bins a side, got {output_size!r}"
+        )
     return ph, pw
+
+
+def check_sampling_ratio(sampling_ratio) -> int:
+    """`sampling_ratio` is an int, at most ``MAX_SAMPLING_RATIO`` (``<= 0``: adaptive)."""
+    sampling_ratio = _check_int("sampling_ratio", sampling_ratio)
+    if sampling_ratio > MAX_SAMPLING_RATIO:
+        raise ValueError(
+            f"sampling_ratio must be at most {MAX_SAMPLING_RATIO} samples a side "
+            f"(<= 0: adaptive), got {sampling_ratio}"
+        )
+    return sampling_ratio
 
 
 def check_spatial_scale(spatial_scale) -> float:
@@ -140,7 +161,7 @@ def check_roi_args(
     scale = check_spatial_scale(spatial_scale)
     rois, batch = check_rois(rois, x.shape[0], x.dtype, scale)
     ph, pw = check_output_size(output_size)
-    sampling_ratio = _check_int("sampling_ratio", sampling_ratio)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
     if not isinstance(aligned, (bool, np.bool_)):
         raise TypeError(f"aligned must be a bool, got {type(aligned).__name__}")
     pool_mode = check_pool_mode(pool_mode)

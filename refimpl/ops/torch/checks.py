@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..errors import TypeRuntimeError, ValueRuntimeError
 from ..validate import check_output_size, check_pool_mode, check_spatial_scale
+from ..validate import check_sampling_ratio as _check_sampling_ratio
 
 # 16-bit floats are computed in float32 and cast back: the NumPy/Numba backends only have
 # float32 and float64.
@@ -71,8 +72,8 @@ def check_pooled_sizes(pooled: tuple[int, int]) -> None:
 
 
 def check_sampling_ratio(sampling_ratio: object) -> int:
-    # TODO(OPS-B): validate's bound once it lands
-    return check_int("sampling_ratio", sampling_ratio)
+    """An int (torchvision's RuntimeError for another type), at most validate's bound."""
+    return _check_sampling_ratio(check_int("sampling_ratio", sampling_ratio))
 
 
 def check_scale(spatial_scale: object) -> float:
