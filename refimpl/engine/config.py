@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,7 @@ from refimpl.argtypes import (
     SEED,
     Range,
 )
+from refimpl.model import Parts
 
 SCHEDULES = ("step", "cosine", "constant")
 # RoIAlign/RoIWarp samples per bin and axis; -1 and 0 mean adaptive (torchvision's convention).
@@ -72,10 +74,20 @@ class TrainConfig:
     stop_at: int | None = None  # stop (with a checkpoint) at this iteration: tests resumption
     progress: bool = True
     find_unused_parameters: bool = False
+    # refimpl.model.Parts: the model's replaceable parts (the capstone trains a learner's); not
+    # data, so config.json and checkpoints record repr(parts) (config_record)
+    parts: Parts | None = field(default=None, compare=False)
 
     def __post_init__(self):
         self.steps = tuple(self.steps) if isinstance(self.steps, list | tuple) else self.steps
         validate(self)
+
+
+def config_record(cfg: TrainConfig) -> dict:
+    """The configuration as data (config.json, checkpoints): ``parts`` as its repr."""
+    record = dataclasses.asdict(dataclasses.replace(cfg, parts=None))
+    record["parts"] = None if cfg.parts is None else repr(cfg.parts)
+    return record
 
 
 # field -> (range, None allowed). The command line's options use the same ranges.
@@ -105,7 +117,7 @@ FIELD_RULES: dict[str, tuple[Range, bool]] = {
 }
 # Config fields that define the model: a resumed run must agree on them.
 MODEL_FIELDS = ("model", "roi_op", "pool_mode", "aligned", "sampling_ratio", "mask_loss",
-                "model_kwargs")  # fmt: skip
+                "model_kwargs", "parts")  # fmt: skip
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -118,6 +130,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TypeError(f"TrainConfig.steps must be a tuple of numbers, got {cfg.steps!r}")
     for k, step in enumerate(cfg.steps):
         POSITIVE_FLOAT.check(f"TrainConfig.steps[{k}]", step)
+    if cfg.parts is not None and not isinstance(cfg.parts, Parts):
+        raise TypeError(f"TrainConfig.parts must be a refimpl.model.Parts, got {cfg.parts!r}")
     if not isinstance(cfg.model_kwargs, dict):
         raise TypeError(f"TrainConfig.model_kwargs must be a dict, got {cfg.model_kwargs!r}")
     for name in ("data", "out", "model", "device", "train_split", "val_split"):

@@ -43,7 +43,7 @@ from .checkpoint import (
     save_atomic,
     write_json_atomic,
 )
-from .config import MODEL_FIELDS, TrainConfig
+from .config import MODEL_FIELDS, TrainConfig, config_record
 from .determinism import (
     ResumableDistributedSampler,
     SeededDataset,
@@ -188,7 +188,8 @@ class Trainer:
         self.class_names, self.label_to_cat = train_ds.class_names, train_ds.label_to_cat
 
         seed_all(cfg.seed)  # the same initial weights on every rank
-        self.model = build_model(cfg.model, self.num_classes, **model_kwargs(cfg)).to(self.device)
+        kwargs = model_kwargs(cfg) | ({"parts": cfg.parts} if cfg.parts is not None else {})
+        self.model = build_model(cfg.model, self.num_classes, **kwargs).to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -206,7 +207,7 @@ class Trainer:
             )  # the training stream: the samplers' draws differ per rank
             if d.main:
                 self.log.reset()
-                write_json_atomic(self.out / "config.json", dataclasses.asdict(cfg))
+                write_json_atomic(self.out / "config.json", config_record(cfg))
         self.loader = DataLoader(
             SeededDataset(train_ds),
             batch_size=cfg.batch_size,
@@ -246,7 +247,7 @@ class Trainer:
             "elapsed_s": self.elapsed(),
             "world_size": self.d.world_size,
             "rng": states,
-            "config": dataclasses.asdict(self.cfg),
+            "config": config_record(self.cfg),
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "label_to_cat": {int(k): int(v) for k, v in self.label_to_cat.items()},
@@ -275,7 +276,7 @@ class Trainer:
         return it
 
     def _check_compatible(self, ckpt: dict, path: Path) -> None:
-        saved, now = ckpt["config"], dataclasses.asdict(self.cfg)
+        saved, now = ckpt["config"], config_record(self.cfg)
         changed = [k for k in MODEL_FIELDS if saved.get(k) != now.get(k)]
         if changed or ckpt["num_classes"] != self.num_classes:
             raise ValueError(
@@ -432,7 +433,7 @@ class Trainer:
         if d.main:
             summary.update(metrics or {})
             summary.pop("summary", None)
-            summary["config"] = dataclasses.asdict(cfg)
+            summary["config"] = config_record(cfg)
             write_json_atomic(self.out / "metrics.json", summary)
         return summary
 
