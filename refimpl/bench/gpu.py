@@ -39,46 +39,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class GpuWorkload:
-    name: str
-    batch: int
-    channels: int
-    height: int  # feature map, pixels
-    width: int
-    stride: int
-    n_boxes: int
-    min_side: float  # box sides in image pixels
-    max_side: float
-    output_size: int = 7
-    sampling_ratio: int = 2
-    aligned: bool = True
-
-    @property
-    def spatial_scale(self) -> float:
-        return 1.0 / self.stride
-
-    def make(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``x [N, C, H, W]``, ``rois [K, 5]`` (boxes inside the image) and ``grad_output``."""
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal((self.batch, self.channels, self.height, self.width), np.float32)
-        image = np.array([self.width, self.height]) * self.stride
-        wh = rng.uniform(self.min_side, self.max_side, (self.n_boxes, 2))
-        wh = np.minimum(wh, image)
-        xy = rng.uniform(0.0, 1.0, (self.n_boxes, 2)) * (image - wh)
-        index = rng.integers(0, self.batch, self.n_boxes)
-        rois = np.column_stack([index, xy, xy + wh]).astype(np.float32)
-        p = self.output_size
-        grad = rng.standard_normal((self.n_boxes, self.channels, p, p), np.float32)
-        return x, rois, grad
-
+from .workloads import Workload
 
 WORKLOADS = (
-    GpuWorkload("standard", 2, 256, 64, 64, 4, 512, 8.0, 128.0),
-    GpuWorkload("large", 2, 256, 200, 304, 4, 1000, 16.0, 400.0),
+    Workload("standard", 2, 256, 64, 64, 4, 512, 8.0, 128.0),
+    Workload("large", 2, 256, 200, 304, 4, 1000, 16.0, 400.0),
 )
-QUICK_WORKLOADS = (GpuWorkload("tiny", 1, 32, 16, 16, 4, 16, 4.0, 32.0),)
+QUICK_WORKLOADS = (Workload("tiny", 1, 32, 16, 16, 4, 16, 4.0, 32.0),)
 
 
 def covered_pixels(rois: np.ndarray, batch: int, height: int, width: int, scale: float) -> int:
@@ -97,7 +64,7 @@ def covered_pixels(rois: np.ndarray, batch: int, height: int, width: int, scale:
     return covered
 
 
-def traffic_bytes(w: GpuWorkload, rois: np.ndarray, itemsize: int = 4) -> dict[str, int]:
+def traffic_bytes(w: Workload, rois: np.ndarray, itemsize: int = 4) -> dict[str, int]:
     """The lower bound on DRAM traffic of a forward and of a backward (module docstring)."""
     touched = covered_pixels(rois, w.batch, w.height, w.width, w.spatial_scale)
     touched *= w.channels * itemsize
@@ -139,7 +106,7 @@ def time_cuda_events(calls: dict[str, Callable[[], object]], repeats: int) -> di
     return {name: [s.elapsed_time(e) for s, e in pairs] for name, pairs in events.items()}
 
 
-def _calls(op: str, w: GpuWorkload, data) -> dict[str, dict]:
+def _calls(op: str, w: Workload, data) -> dict[str, dict]:
     """direction -> candidate -> an argument-less call, on CUDA tensors; and under
     ``"results"``, candidate -> direction -> the bare kernels' output buffers (NCHW views)."""
     import torch

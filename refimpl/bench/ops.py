@@ -29,48 +29,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from refimpl.ops import BACKENDS
 
+from .workloads import Workload
 
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    batch: int
-    channels: int
-    image_size: int  # square images, in pixels
-    stride: int
-    n_boxes: int
-    min_side: float
-    max_side: float
-    output_size: int
-    sampling_ratio: int = 2
-    aligned: bool = True
-
-    @property
-    def spatial_scale(self) -> float:
-        return 1.0 / self.stride
-
-    def make(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``x [N, C, H, W]``, ``rois [K, 5]`` and a ``grad_output [K, C, P, P]``, float32."""
-        rng = np.random.default_rng(seed)
-        size = self.image_size // self.stride
-        x = rng.standard_normal((self.batch, self.channels, size, size), dtype=np.float32)
-        wh = rng.uniform(self.min_side, self.max_side, (self.n_boxes, 2))
-        xy = rng.uniform(0.0, 1.0, (self.n_boxes, 2)) * (self.image_size - wh)
-        index = rng.integers(0, self.batch, self.n_boxes)
-        rois = np.column_stack([index, xy, xy + wh]).astype(np.float32)
-        p = self.output_size
-        grad = rng.standard_normal((self.n_boxes, self.channels, p, p), dtype=np.float32)
-        return x, rois, grad
-
-
+# two 256x256 images at stride 4; tiny: one 64x64 image
 WORKLOADS = (
-    Workload("box", 2, 256, 256, 4, 512, 8.0, 128.0, 7),
-    Workload("mask", 2, 256, 256, 4, 512, 8.0, 128.0, 14),
+    Workload("box", 2, 256, 64, 64, 4, 512, 8.0, 128.0, output_size=7),
+    Workload("mask", 2, 256, 64, 64, 4, 512, 8.0, 128.0, output_size=14),
 )
-QUICK_WORKLOADS = (Workload("tiny", 1, 8, 64, 4, 16, 4.0, 32.0, 7),)
+QUICK_WORKLOADS = (Workload("tiny", 1, 8, 16, 16, 4, 16, 4.0, 32.0, output_size=7),)
 
 # (name in the table, backend function stem, extra keyword arguments)
 OPS = (

@@ -42,7 +42,7 @@ def test_covered_pixels_counts_the_union_with_a_one_pixel_rim():
 
 
 def test_traffic_model():
-    w = bench_gpu.GpuWorkload("t", 1, 2, 16, 16, 4, 1, 8.0, 8.0, output_size=2)
+    w = bench_gpu.Workload("t", 1, 2, 16, 16, 4, 1, 8.0, 8.0, output_size=2)
     rois = np.array([[0, 8.0, 8.0, 16.0, 16.0]])
     t = bench_gpu.traffic_bytes(w, rois)
     touched, out, full = 16 * 2 * 4, 1 * 2 * 2 * 2 * 4, 16 * 16 * 2 * 4
