@@ -308,25 +308,54 @@ def mask_pasting(image, mask, box, pasted) -> Figure:
 # --- lesson 13: ablations ----------------------------------------------------------------------
 
 
+def _bars_from_zero(ax, names, values, color, ylabel, errors=None, top=None) -> None:
+    """One quantity on one axis, starting at zero (no cut axis exaggerates a gap)."""
+    xs = np.arange(len(names))
+    ax.bar(xs, values, 0.6, color=color, yerr=errors, capsize=3 if errors is not None else 0)
+    ax.set_ylim(0, top if top is not None else 1.1 * np.nanmax(values))
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(xs, names, fontsize=8, rotation=20, ha="right")
+    for x, v in zip(xs, values, strict=True):
+        if np.isfinite(v):
+            ax.annotate(f"{v:.3g}", (x, v), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 2), textcoords="offset points")  # fmt: skip
+
+
 def round_trip_bars(
     scores: Mapping[str, float], paper: Mapping[str, float] | None = None
 ) -> Figure:
-    """Mean IoU of the feature-level mask round trip per RoI operator, beside the paper's
-    mask AP (Table 2c) on a second axis."""
+    """Mean IoU of the feature-level mask round trip per RoI operator and, in its own panel,
+    the paper's mask AP (Table 2c): one quantity per axis, both axes from zero."""
     names = list(scores)
-    fig, ax = plt.subplots(figsize=(7, 3))
-    xs = np.arange(len(names))
-    ax.bar(xs - 0.2, [scores[n] for n in names], 0.4, color=PALETTE[0], label="round-trip IoU")
-    ax.set_ylim(min(scores.values()) - 0.05, 1.0)
-    ax.set_ylabel("mean mask IoU (ours)")
-    ax.set_xticks(xs, names, fontsize=8)
+    panels = 2 if paper else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.2), squeeze=False)
+    _bars_from_zero(axes[0, 0], names, [scores[n] for n in names], PALETTE[0],
+                    "mean mask IoU (round trip)", top=1.0)  # fmt: skip
+    axes[0, 0].set_title("ours: information let through", fontsize=9)
     if paper:
-        ax2 = ax.twinx()
-        ax2.bar(xs + 0.2, [paper.get(n, np.nan) for n in names], 0.4, color=PALETTE[1],
-                label="paper mask AP")  # fmt: skip
-        ax2.set_ylim(20, 32)
-        ax2.set_ylabel("paper: mask AP (COCO)")
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
+        known = [n for n in names if n in paper]
+        _bars_from_zero(axes[0, 1], known, [paper[n] for n in known], PALETTE[1],
+                        "mask AP (COCO)")  # fmt: skip
+        axes[0, 1].set_title("paper, Table 2c (ResNet-50-C4)", fontsize=9)
+    return _done(fig)
+
+
+def ablation_bars(report: Mapping, metrics: Sequence[str] = ("AP", "AP75")) -> Figure:
+    """An ablation report (:func:`refimpl.engine.ablate.run_ablation`): per metric, each
+    variant's mean mask AP with its sample standard deviation over the training seeds as an
+    error bar, and the paper's numbers in a panel of their own; every axis from zero."""
+    from refimpl.engine.ablate import METRICS, VARIANTS
+
+    variants = [v for v in VARIANTS if v.slug in report["results"]]
+    labels = [v.slug for v in variants]
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.2 * (len(metrics) + 1), 3.4))
+    for ax, (i, metric) in zip(axes[:-1], enumerate(metrics), strict=True):
+        stats = [report["results"][v.slug].get("segm", {}).get(metric) for v in variants]
+        means = [s["mean"] if s else np.nan for s in stats]
+        errors = [s["std"] if s else 0.0 for s in stats]
+        _bars_from_zero(ax, labels, means, PALETTE[i], f"mask {metric} (%)", errors=errors)
+        ax.set_title(f"ours: mean ± std over {len(report['seeds'])} seeds", fontsize=9)
+    paper = [v.paper[METRICS.index("AP")] for v in variants]
+    _bars_from_zero(axes[-1], labels, paper, PALETTE[len(metrics)], "mask AP (%)")
+    axes[-1].set_title("paper, COCO (ResNet-50-C4)", fontsize=9)
     return _done(fig)
