@@ -283,13 +283,19 @@ def _cases(name: str) -> list[tuple[str, tuple]]:  # noqa: C901 (one case list p
             for w in ((1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0))
         ]
     if name == "matcher":
-        iou = torch.rand(3, 9, generator=g, dtype=D) * 0.9
-        iou[2] = iou[2] * 0.2  # GT 2's best is below 0.3: only a low-quality match keeps it
-        iou[0, 4] = iou[1, 4] = 0.75  # a tie between GTs
-        iou[1, 6] = iou[1].max() + 0.01
-        iou[1, 2] = iou[1, 6]  # GT 1's best, tied between two predictions
+        # GT 1's best (0.6, predictions 5 and 6: a tie) is between the thresholds and GT 2's
+        # (0.25, prediction 3) below both: only low-quality matches keep them; prediction 4
+        # ties for GT 2's best but overlaps GT 0 more.
+        made = torch.tensor(
+            [[0.9, 0.1, 0.2, 0.0, 0.35, 0.1, 0.0],
+             [0.1, 0.5, 0.5, 0.2, 0.0, 0.6, 0.6],
+             [0.0, 0.05, 0.1, 0.25, 0.25, 0.0, 0.1]], dtype=D,
+        )  # fmt: skip
+        rand = torch.rand(3, 9, generator=g, dtype=D) * 0.9
+        rand[0, 4] = rand[1, 4] = 0.75  # a tie between GTs
         return [
-            (f"thresholds ({hi}, {lo}), low-quality matches {q}", (iou, hi, lo, q))
+            (f"{w} IoUs, thresholds ({hi}, {lo}), low-quality matches {q}", (iou, hi, lo, q))
+            for w, iou in (("3 x 7 made", made), ("3 x 9 random", rand))
             for hi, lo, q in ((0.7, 0.3, True), (0.7, 0.3, False), (0.5, 0.5, False))
         ]
     if name == "sampler":
@@ -346,12 +352,17 @@ def _compare(what: str, got: Any, expected: Any, exact: bool) -> None:
         return
     if not isinstance(got, Tensor):
         raise _Differs(f"{what}: expected a Tensor, got {type(got).__name__}")
+    short = expected.dim() == 1 and expected.numel() <= 40 and got.dim() == 1
+    if (
+        (exact or not expected.is_floating_point())
+        and short
+        and not torch.equal(got.to(expected.dtype), expected)
+    ):
+        raise _Differs(f"{what}: {got.tolist()}, refimpl's {expected.tolist()}")
     if got.shape != expected.shape:
         raise _Differs(f"{what}: shape {list(got.shape)}, refimpl's {list(expected.shape)}")
     if exact or not expected.is_floating_point():
         if not torch.equal(got.to(expected.dtype), expected):
-            if expected.dim() == 1 and expected.numel() <= 40:
-                raise _Differs(f"{what}: {got.tolist()}, refimpl's {expected.tolist()}")
             i = _first_index(got.to(expected.dtype) != expected)
             raise _Differs(f"{what}{list(i)}: {got[i].item()}, refimpl's {expected[i].item()}")
         return

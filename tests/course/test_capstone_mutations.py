@@ -1,0 +1,86 @@
+"""Planted bugs in a learner's notebooks fail the capstone's parity and name the part.
+
+Each mutation edits a copy of the solutions 08-12 and 14 (as the grader's mutation tests in
+test_grader.py do) in the way a learner typically gets it wrong; the capstone assembled from
+the copy must fail parity with refimpl's model, and both the per-part check and the report
+must name the part.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from refimpl.course import capstone
+from refimpl.course.learner import load
+
+from .conftest import SOLUTIONS, edit, write
+from .conftest import load as load_json
+
+NOTEBOOKS = ("08_torch_op", "09_anchors", "10_box_coding_nms", "11_matcher_sampler", "12_masks",
+             "14_capstone")  # fmt: skip
+
+# (part, notebook, grade_id of the cell, [(old, new)])
+MUTATIONS = [
+    (  # RoIAlign without the aligned half-pixel offset: the op ignores `aligned`
+        "roi_align",
+        "08_torch_op",
+        "forward_op",
+        [
+            (
+                "spatial_scale, sampling_ratio, aligned\n    )",
+                "spatial_scale, sampling_ratio, False\n    )",
+            )
+        ],
+    ),
+    (  # NMS that keeps the lower score of two overlapping boxes
+        "nms",
+        "10_box_coding_nms",
+        "nms",
+        [("    order = np.argsort(-scores, kind=", "    order = np.argsort(scores, kind=")],
+    ),
+    (  # a matcher that drops the low-quality matches (Faster R-CNN's condition (i))
+        "matcher",
+        "11_matcher_sampler",
+        "match",
+        [("    if allow_low_quality_matches:\n", "    if False:\n")],
+    ),
+    (  # softmax over classes wired in instead of the per-class sigmoid mask loss
+        "mask_loss",
+        "14_capstone",
+        "mask_branch",
+        [("return ex12.mask_loss(", "return ex12.softmax_mask_loss(")],
+    ),
+]
+
+
+@pytest.fixture
+def restore_solutions_op():
+    """The mutated copy of exercise 8 registers mycourse::roi_align anew (torch ops are
+    process-wide, by name): register the solution's again afterwards."""
+    yield
+    load(SOLUTIONS / "08_torch_op.ipynb", reload=True)
+
+
+@pytest.mark.usefixtures("restore_solutions_op")
+@pytest.mark.parametrize(("part", "notebook", "grade_id", "replacements"), MUTATIONS,
+                         ids=[m[0] for m in MUTATIONS])  # fmt: skip
+def test_a_planted_bug_fails_parity_and_names_the_part(
+    tmp_path, part, notebook, grade_id, replacements
+):
+    for name in NOTEBOOKS:
+        shutil.copy(SOLUTIONS / f"{name}.ipynb", tmp_path)
+    nb = load_json(tmp_path / f"{notebook}.ipynb")
+    edit(nb, grade_id, replacements)
+    write(nb, tmp_path, notebook)
+
+    assembly = capstone.parts_from_notebooks(tmp_path)
+    assert assembly.fallbacks == {}  # the bug keeps the contract: only values differ
+    report = capstone.parity(assembly.parts)
+    assert not report.ok
+    assert report.first_part == part
+    result = next(r for r in report.part_results if r.name == part)
+    assert not result.ok and str(result).startswith(f"{part}: differs from refimpl's on ")
+    assert f"NO PARITY: the first part that differs is {part}" in str(report)
+    assert report.differences  # the model shows it too: losses or detections
