@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import numba
+import numpy as np
 from numba import njit
 
 from .. import geometry
@@ -51,3 +52,11 @@ def threads_for(work: int):
 def roi_work(a) -> int:
     """The work of a RoI call for :func:`threads_for`: input plus output elements."""
     return a.x.size + a.rois.shape[0] * a.x.shape[1] * a.pooled_h * a.pooled_w
+
+
+def thread_scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Scratch for a parallel kernel: one buffer per thread of numba's pool (the kernel takes
+    ``scratch[numba.get_thread_id()]``), allocated here, where a failed allocation raises
+    MemoryError. Inside a ``prange`` numba loses a failed allocation: the call returned
+    stale or uninitialized output with no error (issue 12), so no kernel allocates there."""
+    return np.empty((numba.config.NUMBA_NUM_THREADS, *shape), dtype)

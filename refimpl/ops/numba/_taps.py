@@ -11,26 +11,33 @@ kernels. A table of taps is ``(pixels [K, P, cap] int32, weights [K, P, cap], co
 
 from __future__ import annotations
 
-import numpy as np
+import numba
 from numba import njit, prange
 
-from ._compile import PJIT
+from ._compile import PJIT, thread_scratch
 from ._layout import load_channels_last, put_block, store_channels_first
 
 
-@njit(**PJIT)
 def taps_forward(x_cl, batch, width, taps_y, taps_x, out):
     """``out [K, C, PH*PW]``: every bin is a weighted sum of taps (rows x columns).
 
     ``x_cl`` is ``[N, H*W, C]``; RoIs are independent, so the ``prange`` runs over them.
     """
+    n_bins, channels = out.shape[2], out.shape[1]
+    scratch = thread_scratch((n_bins, channels), x_cl.dtype)  # one RoI's output, channels-last
+    _taps_forward(x_cl, batch, width, taps_y, taps_x, scratch, out)
+
+
+@njit(**PJIT)
+def _taps_forward(x_cl, batch, width, taps_y, taps_x, scratch, out):
     ty_pix, ty_w, ty_n = taps_y
     tx_pix, tx_w, tx_n = taps_x
     n_rois, channels, n_bins = out.shape
     pooled_w = tx_n.shape[1]
     for k in prange(n_rois):
         image = x_cl[batch[k]]
-        acc = np.zeros((n_bins, channels), x_cl.dtype)  # this RoI's output, channels-last
+        acc = scratch[numba.get_thread_id()]  # this RoI's output, channels-last
+        acc[:] = 0
         for b in range(n_bins):
             ph, pw = b // pooled_w, b % pooled_w
             a = acc[b]
@@ -45,7 +52,6 @@ def taps_forward(x_cl, batch, width, taps_y, taps_x, out):
         store_channels_first(acc, out[k])
 
 
-@njit(**PJIT)
 def taps_backward(grad, batch, width, taps_y, taps_x, grad_blocks, grad_x):
     """Scatter ``grad [K, C, PH*PW]`` into ``grad_x [N, C, H*W]`` with the forward's taps.
 
@@ -53,6 +59,12 @@ def taps_backward(grad, batch, width, taps_y, taps_x, grad_blocks, grad_x):
     accumulates all RoIs into its own channels-last buffer ``grad_blocks[blk]``, then writes
     those channels of ``grad_x``, which no other iteration touches.
     """
+    scratch = thread_scratch((grad.shape[2], grad_blocks.shape[3]), grad.dtype)
+    _taps_backward(grad, batch, width, taps_y, taps_x, scratch, grad_blocks, grad_x)
+
+
+@njit(**PJIT)
+def _taps_backward(grad, batch, width, taps_y, taps_x, scratch, grad_blocks, grad_x):
     ty_pix, ty_w, ty_n = taps_y
     tx_pix, tx_w, tx_n = taps_x
     n_rois, _, n_bins = grad.shape
@@ -61,7 +73,7 @@ def taps_backward(grad, batch, width, taps_y, taps_x, grad_blocks, grad_x):
     for blk in prange(n_blocks):
         grad_cl = grad_blocks[blk]
         grad_cl[:] = 0
-        g_cl = np.empty((n_bins, bc), grad.dtype)
+        g_cl = scratch[numba.get_thread_id()]
         for k in range(n_rois):
             image = grad_cl[batch[k]]
             load_channels_last(grad[k], blk * bc, g_cl)

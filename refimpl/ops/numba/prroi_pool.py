@@ -9,6 +9,7 @@ see the python backend) needs the map's integrals along the bin edges: its own k
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -21,6 +22,7 @@ from ._compile import (
     tent,
     tent_integral,
     tent_support,
+    thread_scratch,
     threads_for,
 )
 from ._layout import block_buffer, to_channels_last
@@ -123,19 +125,21 @@ def _separable_sum(image, width, k, py, taps_y, px, taps_x, out):
 
 
 @njit(**PJIT)
-def _prroi_box_backward(F, x_cl, grad, batch, width, scale, edges_y, edges_x, area, tables):
-    """The gradient to the box corners, ``[K, 5]``: Leibniz's rule per bin edge (see the
-    python backend), then the chain rule to the corners. RoIs are independent: ``prange``."""
+def _prroi_box_backward(
+    F, x_cl, grad, batch, width, scale, edges_y, edges_x, area, tables, scratch, grad_rois
+):
+    """The gradient to the box corners, ``grad_rois [K, 5]`` (zeros on entry): Leibniz's
+    rule per bin edge (see the python backend), then the chain rule to the corners. RoIs are
+    independent: ``prange``. ``scratch``: :func:`thread_scratch` of ``(5, C)``."""
     int_y, int_x, edge_y, edge_x = tables  # tent integrals per bin, tent values per edge
     n_rois, channels, pooled_h, pooled_w = grad.shape
-    grad_rois = np.zeros((n_rois, 5), x_cl.dtype)
     one, zero = F(1), F(0)
     for k in prange(n_rois):
         if not area[k] > 0:
             continue  # a zero-area bin pools to 0 and has no gradient
         image = x_cl[batch[k]]
-        out = np.empty(channels, x_cl.dtype)
-        edge_sum = np.empty((4, channels), x_cl.dtype)
+        buffers = scratch[numba.get_thread_id()]
+        out, edge_sum = buffers[4], buffers[:4]
         for ph in range(pooled_h):
             for pw in range(pooled_w):
                 # the bin's output and the map's integrals along its 4 edges, all channels
@@ -161,7 +165,6 @@ def _prroi_box_backward(F, x_cl, grad, batch, width, scale, edges_y, edges_x, ar
                 grad_rois[k, 3] += scale * (d_x0 * fx0 + d_x1 * fx1)
                 grad_rois[k, 2] += scale * (d_y0 * (one - fy0) + d_y1 * (one - fy1))
                 grad_rois[k, 4] += scale * (d_y0 * fy0 + d_y1 * fy1)
-    return grad_rois
 
 
 def _geometry(a):
@@ -229,7 +232,8 @@ def prroi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0, al
             _prroi_edge_taps(F, edges_y, height),
             _prroi_edge_taps(F, edges_x, width),
         )
-        grad_rois = _prroi_box_backward(
+        grad_rois = np.zeros((n_rois, 5), a.x.dtype)
+        _prroi_box_backward(
             F,
             to_channels_last(a.x),
             a.grad_output,
@@ -240,5 +244,7 @@ def prroi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0, al
             edges_x,
             area,
             tables,
+            thread_scratch((5, channels), a.x.dtype),
+            grad_rois,
         )
         return grad_x, grad_rois

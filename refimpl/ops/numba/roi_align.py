@@ -11,11 +11,21 @@ quantized boxes and runs on :func:`align_forward` / :func:`align_backward`.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ..validate import RoIArgs, check_roi_args
-from ._compile import JIT, PJIT, align_box, bilinear_1d, roi_work, sample_coord, threads_for
+from ._compile import (
+    JIT,
+    PJIT,
+    align_box,
+    bilinear_1d,
+    roi_work,
+    sample_coord,
+    thread_scratch,
+    threads_for,
+)
 from ._layout import (
     block_buffer,
     load_channels_last,
@@ -126,91 +136,80 @@ def _max_samples(F, start, bin_size, grid, pooled, size):
 
 
 @njit(**JIT)
-def _bin_samples(k, ph, pw, n_samples, grid_w, samples_y, samples_x, width, corners, weights):
-    """The samples of bin (ph, pw) of RoI k: ``corners[s]`` the 4 flat pixel indices
-    ``y * width + x`` (-1 where the sample is outside), ``weights[s]`` their bilinear weights,
-    in the python backend's order: (low, low), (low, high), (high, low), (high, high)."""
+def _sample(k, ph, pw, s, grid_w, samples_y, samples_x, width):
+    """Sample ``s`` of bin (ph, pw) of RoI k: its 4 flat pixel indices ``y * width + x``
+    (the first -1 where the sample is outside) and their bilinear weights, in the python
+    backend's order: (low, low), (low, high), (high, low), (high, high). Computed where it
+    is used: no per-sample table (whose size, the largest grid of any RoI on each axis, could
+    not always be allocated)."""
     y_lo, y_hi, wy_lo, wy_hi = samples_y
     x_lo, x_hi, wx_lo, wx_hi = samples_x
-    for s in range(n_samples):
-        iy, ix = s // grid_w, s % grid_w
-        ylo, yhi, xlo, xhi = y_lo[k, ph, iy], y_hi[k, ph, iy], x_lo[k, pw, ix], x_hi[k, pw, ix]
-        if ylo < 0 or xlo < 0:
-            corners[s, :] = -1
-            continue
-        corners[s, 0], corners[s, 1] = ylo * width + xlo, ylo * width + xhi
-        corners[s, 2], corners[s, 3] = yhi * width + xlo, yhi * width + xhi
-        wyl, wyh, wxl, wxh = wy_lo[k, ph, iy], wy_hi[k, ph, iy], wx_lo[k, pw, ix], wx_hi[k, pw, ix]
-        weights[s, 0], weights[s, 1] = wyl * wxl, wyl * wxh
-        weights[s, 2], weights[s, 3] = wyh * wxl, wyh * wxh
+    iy, ix = s // grid_w, s % grid_w
+    ylo, yhi, xlo, xhi = y_lo[k, ph, iy], y_hi[k, ph, iy], x_lo[k, pw, ix], x_hi[k, pw, ix]
+    wyl, wyh, wxl, wxh = wy_lo[k, ph, iy], wy_hi[k, ph, iy], wx_lo[k, pw, ix], wx_hi[k, pw, ix]
+    if ylo < 0 or xlo < 0:
+        return (-1, -1, -1, -1), (wyl * wxl, wyl * wxh, wyh * wxl, wyh * wxh)
+    corners = (ylo * width + xlo, ylo * width + xhi, yhi * width + xlo, yhi * width + xhi)
+    return corners, (wyl * wxl, wyl * wxh, wyh * wxl, wyh * wxh)
 
 
 @njit(**JIT)
-def _sample_values(image, corners, weights, out):
-    """The bilinear value of one sample for every channel of ``image [H*W, c]``, into ``out``.
-
-    The same expression, in the same order, as the python backend: bitwise equal values,
-    hence the same argmax. An outside sample is 0.
-    """
+def _value(image, corners, weights, c):
+    """The bilinear value of one sample in channel ``c`` of ``image [H*W, C]``: the same
+    expression, in the same order, as the python backend (bitwise equal values, hence the
+    same argmax). An outside sample is 0."""
     if corners[0] < 0:
-        out[:] = 0
-        return
-    w1, w2, w3, w4 = weights[0], weights[1], weights[2], weights[3]
-    v1, v2, v3, v4 = image[corners[0]], image[corners[1]], image[corners[2]], image[corners[3]]
-    for c in range(out.shape[0]):
-        out[c] = w1 * v1[c] + w2 * v2[c] + w3 * v3[c] + w4 * v4[c]
+        return image.dtype.type(0)
+    return (
+        weights[0] * image[corners[0], c]
+        + weights[1] * image[corners[1], c]
+        + weights[2] * image[corners[2], c]
+        + weights[3] * image[corners[3], c]
+    )
 
 
 @njit(**PJIT)
-def _max_forward(x_cl, batch, width, grid_h, grid_w, samples_y, samples_x, out):
+def _max_forward(x_cl, batch, width, grid_h, grid_w, samples_y, samples_x, scratch, out):
     """``out [K, C, PH*PW]``: the largest sample of each bin, per channel (first one on ties).
 
-    ``samples_y``/``samples_x``: the (low, high, w_low, w_high) tables of :func:`_max_samples`.
+    ``samples_y``/``samples_x``: the (low, high, w_low, w_high) tables of :func:`_max_samples`;
+    ``scratch``: :func:`thread_scratch` of ``(PH*PW, C)``, one RoI's output channels-last.
     """
     n_rois, channels, n_bins = out.shape
     pooled_w = samples_x[0].shape[1]
-    max_samples = samples_y[0].shape[2] * samples_x[0].shape[2]
     for k in prange(n_rois):
         image = x_cl[batch[k]]
         n_samples = grid_h[k] * grid_w[k]
-        corners = np.empty((max_samples, 4), np.int64)
-        weights = np.empty((max_samples, 4), x_cl.dtype)
-        best = np.zeros((n_bins, channels), x_cl.dtype)  # an empty grid pools to 0
-        value = np.empty(channels, x_cl.dtype)
+        best = scratch[numba.get_thread_id()]
+        best[:] = 0  # an empty grid pools to 0
         for b in range(n_bins):
             ph, pw = b // pooled_w, b % pooled_w
-            _bin_samples(
-                k, ph, pw, n_samples, grid_w[k], samples_y, samples_x, width, corners, weights
-            )
             m = best[b]
             for s in range(n_samples):
-                _sample_values(image, corners[s], weights[s], value)
-                if s == 0:
-                    m[:] = value
-                else:
-                    for c in range(channels):
-                        m[c] = value[c] if value[c] > m[c] else m[c]
+                corners, weights = _sample(k, ph, pw, s, grid_w[k], samples_y, samples_x, width)
+                for c in range(channels):
+                    value = _value(image, corners, weights, c)
+                    m[c] = value if (s == 0 or value > m[c]) else m[c]
         store_channels_first(best, out[k])
 
 
 @njit(**PJIT)
 def _max_backward(
-    x, grad, batch, width, grid_h, grid_w, samples_y, samples_x, x_blocks, grad_blocks, grad_x
-):
+    x, grad, batch, width, grid_h, grid_w, samples_y, samples_x, scratch, x_blocks, grad_blocks,
+    grad_x,
+):  # fmt: skip
     """The gradient of each bin goes to the 4 pixels of its winning sample, times their
     bilinear weights (no 1/count). Race-free by channel blocks, as the avg backward; each
-    block also takes its own channels-last copy of ``x [N, C, H*W]`` into ``x_blocks[blk]``."""
+    block also takes its own channels-last copy of ``x [N, C, H*W]`` into ``x_blocks[blk]``.
+    ``scratch``: (best, arg, g_cl), :func:`thread_scratch` of ``(bc,)``, ``(bc,)`` and
+    ``(PH*PW, bc)``."""
     n_rois, _, n_bins = grad.shape
     n_blocks, bc = grad_blocks.shape[0], grad_blocks.shape[3]
     pooled_w = samples_x[0].shape[1]
-    max_samples = samples_y[0].shape[2] * samples_x[0].shape[2]
+    best_t, arg_t, g_cl_t = scratch
     for blk in prange(n_blocks):
-        corners = np.empty((max_samples, 4), np.int64)
-        weights = np.empty((max_samples, 4), x.dtype)
-        best = np.empty(bc, x.dtype)
-        arg = np.zeros(bc, np.int32)
-        value = np.empty(bc, x.dtype)
-        g_cl = np.empty((n_bins, bc), grad.dtype)
+        tid = numba.get_thread_id()
+        best, arg, g_cl = best_t[tid], arg_t[tid], g_cl_t[tid]
         x_cl = x_blocks[blk]
         take_block(x, blk * bc, x_cl)
         grad_cl = grad_blocks[blk]
@@ -224,28 +223,24 @@ def _max_backward(
             load_channels_last(grad[k], blk * bc, g_cl)
             for b in range(n_bins):
                 ph, pw = b // pooled_w, b % pooled_w
-                _bin_samples(
-                    k, ph, pw, n_samples, grid_w[k], samples_y, samples_x, width, corners, weights
-                )
                 # recompute the forward's argmax, channels innermost
                 for s in range(n_samples):
-                    _sample_values(image, corners[s], weights[s], value)
-                    if s == 0:
-                        best[:] = value
-                        arg[:] = 0
-                    else:
-                        for c in range(bc):
-                            better = value[c] > best[c]
-                            best[c] = value[c] if better else best[c]
-                            arg[c] = s if better else arg[c]
+                    corners, weights = _sample(k, ph, pw, s, grid_w[k], samples_y, samples_x, width)
+                    for c in range(bc):
+                        value = _value(image, corners, weights, c)
+                        better = s == 0 or value > best[c]
+                        best[c] = value if better else best[c]
+                        arg[c] = s if better else arg[c]
                 # scatter, per channel, to the 4 corners of its winning sample (python's order)
                 g = g_cl[b]
                 for c in range(bc):
-                    s = arg[c]
-                    if corners[s, 0] < 0:
+                    corners, weights = _sample(
+                        k, ph, pw, arg[c], grid_w[k], samples_y, samples_x, width
+                    )
+                    if corners[0] < 0:
                         continue  # an outside sample won (all samples <= 0): no gradient
                     for corner in range(4):
-                        g_image[corners[s, corner], c] += g[c] * weights[s, corner]
+                        g_image[corners[corner], c] += g[c] * weights[corner]
         put_block(grad_cl, blk * bc, grad_x)
 
 
@@ -282,7 +277,8 @@ def align_forward(a: RoIArgs, boxes: np.ndarray, scale: float, aligned: bool) ->
     if a.pool_mode == "avg":
         taps_forward(x_cl, a.batch, width, *tables, out3)
     else:
-        _max_forward(x_cl, a.batch, width, *tables, out3)
+        scratch = thread_scratch((a.pooled_h * a.pooled_w, channels), a.x.dtype)
+        _max_forward(x_cl, a.batch, width, *tables, scratch, out3)
     return out
 
 
@@ -301,7 +297,13 @@ def align_backward(a: RoIArgs, boxes: np.ndarray, scale: float, aligned: bool) -
     else:
         x3 = a.x.reshape(n, channels, height * width)
         x_blocks, grad_blocks = block_buffer(a.x), block_buffer(a.x)
-        _max_backward(x3, grad, a.batch, width, *tables, x_blocks, grad_blocks, grad_x3)
+        bc = grad_blocks.shape[3]
+        scratch = (
+            thread_scratch((bc,), a.x.dtype),
+            thread_scratch((bc,), np.int64),
+            thread_scratch((a.pooled_h * a.pooled_w, bc), a.x.dtype),
+        )
+        _max_backward(x3, grad, a.batch, width, *tables, scratch, x_blocks, grad_blocks, grad_x3)
     return grad_x
 
 

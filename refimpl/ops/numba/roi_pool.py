@@ -4,11 +4,12 @@ backward, either recomputing the argmax or scattering through the one the forwar
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ..validate import argmax_range_error, check_argmax, check_roi_args
-from ._compile import PJIT, pool_bin, pool_box, roi_work, threads_for
+from ._compile import PJIT, pool_bin, pool_box, roi_work, thread_scratch, threads_for
 from ._layout import (
     block_buffer,
     load_channels_last,
@@ -20,17 +21,19 @@ from ._layout import (
 
 
 @njit(**PJIT)
-def _pool_forward(F, x_cl, rois, batch, scale, height, width, out, argmax):
+def _pool_forward(F, x_cl, rois, batch, scale, height, width, scratch, out, argmax):
     """``out [K, C, PH, PW]``: the max of each quantized bin (Fast R-CNN sec. 2.1), and
-    ``argmax``: the flat pixel index ``y * W + x`` of the first maximum (-1: empty bin)."""
+    ``argmax``: the flat pixel index ``y * W + x`` of the first maximum (-1: empty bin).
+    ``scratch``: (best, arg), :func:`thread_scratch` of ``(PH*PW, C)``."""
     n_rois, channels, pooled_h, pooled_w = out.shape
     for k in prange(n_rois):
         image = x_cl[batch[k]]
         start_y, start_x, bin_h, bin_w = pool_box(
             F, rois[k, 1], rois[k, 2], rois[k, 3], rois[k, 4], scale, pooled_h, pooled_w
         )
-        best = np.zeros((pooled_h * pooled_w, channels), x_cl.dtype)  # empty bins give 0
-        arg = np.full((pooled_h * pooled_w, channels), -1, np.int64)
+        best, arg = scratch[0][numba.get_thread_id()], scratch[1][numba.get_thread_id()]
+        best[:] = 0  # empty bins give 0
+        arg[:] = -1
         for ph in range(pooled_h):
             h_lo, h_hi = pool_bin(F, ph, bin_h, start_y, height)
             for pw in range(pooled_w):
@@ -77,15 +80,18 @@ def _pool_scatter(batch, argmax, grad, grad_x):
 
 
 @njit(**PJIT)
-def _pool_backward(F, x, rois, batch, scale, height, width, grad, x_blocks, grad_blocks, grad_x):
+def _pool_backward(
+    F, x, rois, batch, scale, height, width, grad, scratch, x_blocks, grad_blocks, grad_x
+):
     """``grad_x[argmax] += grad`` per bin (Fast R-CNN eq. 4), the argmax recomputed.
-    Race-free by channel blocks, as the RoIAlign backward."""
+    Race-free by channel blocks, as the RoIAlign backward. ``scratch``: (best, arg, g_cl),
+    :func:`thread_scratch` of ``(bc,)``, ``(bc,)`` and ``(PH*PW, bc)``."""
     n_rois, _, pooled_h, pooled_w = grad.shape
     n_blocks, bc = grad_blocks.shape[0], grad_blocks.shape[3]
     for blk in prange(n_blocks):
-        best = np.empty(bc, x.dtype)
-        arg = np.empty(bc, np.int32)  # flat pixel index yy * width + xx
-        g_cl = np.empty((pooled_h * pooled_w, bc), grad.dtype)
+        tid = numba.get_thread_id()
+        best, g_cl = scratch[0][tid], scratch[2][tid]
+        arg = scratch[1][tid]  # flat pixel index yy * width + xx
         x_cl = x_blocks[blk]
         take_block(x, blk * bc, x_cl)
         grad_cl = grad_blocks[blk]
@@ -142,7 +148,13 @@ def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
         argmax = np.empty(out.shape, np.int64)
         if n_rois:
             x_cl = to_channels_last(a.x)
-            _pool_forward(F, x_cl, a.rois, a.batch, F(a.spatial_scale), height, width, out, argmax)
+            n_bins = a.pooled_h * a.pooled_w
+            scratch = (
+                thread_scratch((n_bins, channels), a.x.dtype),
+                thread_scratch((n_bins, channels), np.int64),
+            )
+            scale = F(a.spatial_scale)
+            _pool_forward(F, x_cl, a.rois, a.batch, scale, height, width, scratch, out, argmax)
         return out, argmax
 
 
@@ -175,6 +187,13 @@ def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):
         n, channels, height, width = a.x.shape
         x3 = a.x.reshape(n, channels, height * width)
         grad_x = np.empty_like(a.x)
+        x_blocks, grad_blocks = block_buffer(a.x), block_buffer(a.x)
+        bc = grad_blocks.shape[3]
+        scratch = (
+            thread_scratch((bc,), a.x.dtype),
+            thread_scratch((bc,), np.int64),
+            thread_scratch((a.pooled_h * a.pooled_w, bc), a.x.dtype),
+        )
         _pool_backward(
             F,
             x3,
@@ -184,8 +203,9 @@ def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):
             height,
             width,
             a.grad_output,
-            block_buffer(a.x),
-            block_buffer(a.x),
+            scratch,
+            x_blocks,
+            grad_blocks,
             grad_x.reshape(n, channels, height * width),
         )
         return grad_x
