@@ -34,11 +34,12 @@ def _check_nms(boxes: Tensor, scores: Tensor) -> None:
 
 
 @torch.library.custom_op("refimpl::nms", mutates_args=(), device_types="cpu")
-def _nms_op(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS: int64 indices of the kept boxes, by decreasing score."""
-    _check_nms(boxes, scores)
-    dtype = compute_dtype(boxes.dtype)
-    keep = cpu_backend().nms(as_numpy(boxes, dtype), as_numpy(scores, dtype), iou_threshold)
+def _nms_op(dets: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS: int64 indices of the kept boxes, by decreasing score. (``dets``:
+    torchvision's name in its schema, for callers that pass it by keyword.)"""
+    _check_nms(dets, scores)
+    dtype = compute_dtype(dets.dtype)
+    keep = cpu_backend().nms(as_numpy(dets, dtype), as_numpy(scores, dtype), iou_threshold)
     return torch.from_numpy(keep)
 
 

@@ -31,7 +31,9 @@ def infer_scale(feature_size: list[int], image_size: list[int]) -> float:
     """The level's ``spatial_scale``: ``feature / image`` rounded to a power of two in log
     space, as torchvision does (a 800x1199 image padded to 800x1216 has a 25x38 P5: the ratios
     1/32 and 1/31.6 both give 1/32). The height decides, as in torchvision."""
-    return 2.0 ** float(round(math.log2(float(feature_size[0]) / float(image_size[0]))))
+    # (torch.log2, not math.log2: TorchScript has no math.log2; both round half to even)
+    ratio = torch.tensor(float(feature_size[0]) / float(image_size[0]), dtype=torch.float64)
+    return 2.0 ** float(torch.round(torch.log2(ratio)).item())
 
 
 class LevelMapper:
@@ -78,7 +80,10 @@ class LevelMapper:
 @torch.fx.wrap
 def _filter_input(x: dict[str, Tensor], featmap_names: list[str]) -> list[Tensor]:
     """The maps to pool from, in the dict's order (as torchvision)."""
-    features = [v for k, v in x.items() if k in featmap_names]
+    features: list[Tensor] = []
+    for k, v in x.items():  # (a loop: TorchScript has no comprehension with a condition)
+        if k in featmap_names:
+            features.append(v)
     if len(features) == 0:
         raise ValueError(f"x has none of the feature maps {featmap_names}")
     return features
@@ -102,8 +107,8 @@ def _setup_scales(
         padded_w = max(padded_w, shape[1])
     scales = [infer_scale(f.shape[-2:], [padded_h, padded_w]) for f in features]
     # Each level halves the resolution: level k has scale 2**-k.
-    k_min = int(round(-math.log2(scales[0])))
-    k_max = int(round(-math.log2(scales[-1])))
+    k_min = int(round(-math.log(scales[0], 2.0)))
+    k_max = int(round(-math.log(scales[-1], 2.0)))
     return scales, LevelMapper(k_min, k_max, canonical_scale, canonical_level)
 
 
@@ -210,7 +215,10 @@ class _MultiScalePooler(nn.Module):
         scales, mapper = _setup_scales(
             features, image_shapes, self.canonical_scale, self.canonical_level
         )
-        if torch.jit.is_scripting() or not _is_fx_tracing():
+        record = True
+        if not torch.jit.is_scripting():  # (a branch TorchScript does not compile)
+            record = not _is_fx_tracing()
+        if record:
             self.scales = scales
             self.map_levels = mapper
         pooled = [self.output_size[0], self.output_size[1]]
