@@ -206,6 +206,25 @@ def prroi_box(F, x1, y1, x2, y2, spatial_scale, aligned, pooled_h, pooled_w):
     return start_y, start_x, roi_h / F(pooled_h), roi_w / F(pooled_w)
 
 
+def prroi_area(F, bin_h, bin_w):
+    """A PrRoIPool bin's area, the divisor of its integral; 0 below ``MIN_PRROI_AREA``.
+
+    A subnormal-width box (``x2 - x1 = 1e-310``) has a positive area whose integrals
+    underflow to 0 while dividing by it gives infinity (0 * inf = NaN in the forward and
+    the gradients). Such a bin is treated as a zero-area one, in every backend and dtype:
+    output 0, no gradient.
+    """
+    area = bin_h * bin_w
+    if not area >= F(MIN_PRROI_AREA):
+        return F(0.0)
+    return area
+
+
+# float32's smallest normal number: 1 / area stays finite in float32 and float64 above it,
+# and a bin this small (1e-19 pixels a side) is far below anything an image measures.
+MIN_PRROI_AREA = 2.0**-126
+
+
 # --- compiling the module for a backend ---------------------------------------------------
 
 # Callees before their callers, so that each function is compiled against compiled callees.
@@ -224,6 +243,7 @@ _COMPILE_ORDER = (
     "tent",
     "tent_support",
     "prroi_box",
+    "prroi_area",
 )
 
 

@@ -555,7 +555,7 @@ def _prroi_geometry(a: RoIArgs, k: int):
     return (
         _prroi_edges(F, start_y, bin_h, a.pooled_h),
         _prroi_edges(F, start_x, bin_w, a.pooled_w),
-        bin_h * bin_w,
+        g.prroi_area(F, bin_h, bin_w),
     )
 
 

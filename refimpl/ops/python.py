@@ -299,7 +299,7 @@ def _prroi_bins(a: RoIArgs) -> Iterator:
             y0, y1_ = start_y + F(ph) * bin_h, start_y + F(ph + 1) * bin_h
             for pw in range(a.pooled_w):
                 x0, x1_ = start_x + F(pw) * bin_w, start_x + F(pw + 1) * bin_w
-                yield k, ph, pw, (y0, y1_, x0, x1_), bin_h * bin_w
+                yield k, ph, pw, (y0, y1_, x0, x1_), g.prroi_area(F, bin_h, bin_w)
 
 
 def _tent_weights(F, lo, hi, size) -> dict[int, object]:

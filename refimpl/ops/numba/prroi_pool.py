@@ -17,6 +17,7 @@ from ..validate import check_roi_args
 from ._compile import (
     JIT,
     PJIT,
+    prroi_area,
     prroi_box,
     roi_work,
     tent,
@@ -48,6 +49,15 @@ def _prroi_boxes(F, boxes, scale, aligned, pooled_h, pooled_w):
         )
         out[0, k], out[1, k], out[2, k], out[3, k] = sy, sx, bh, bw
     return out[0], out[1], out[2], out[3]
+
+
+@njit(**JIT)
+def _areas(F, bin_h, bin_w):
+    """:func:`geometry.prroi_area` of every RoI's bins."""
+    area = np.empty_like(bin_h)
+    for k in range(area.shape[0]):
+        area[k] = prroi_area(F, bin_h[k], bin_w[k])
+    return area
 
 
 @njit(**JIT)
@@ -180,7 +190,7 @@ def _geometry(a):
     )
     edges_y = _prroi_edges(F, start_y, bin_h, a.pooled_h)
     edges_x = _prroi_edges(F, start_x, bin_w, a.pooled_w)
-    return edges_y, edges_x, bin_h * bin_w
+    return edges_y, edges_x, _areas(F, bin_h, bin_w)
 
 
 # --- the backend interface -----------------------------------------------------------------
