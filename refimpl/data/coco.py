@@ -25,8 +25,13 @@ starts, never at iteration 10 000:
   a missing ``area`` is computed from the mask, a missing ``iscrowd`` is 0;
 - a missing image file skips the image (``strict=True``: raises); if none of the files is
   found the root is wrong and the constructor raises;
-- an image that cannot be decoded, or whose size disagrees with the file, raises
-  ``ValueError`` naming it when loaded.
+- so does an image file that is not a whole image of the JSON's size, checked in the
+  constructor without decoding pixels (:func:`check_image_file`: garbage, a truncated PNG
+  or JPEG, another size, a decompression bomb over ``PIL.Image.MAX_IMAGE_PIXELS``); an
+  image that still cannot be decoded (damage inside a JPEG's data), or any of these with
+  ``check_files=False``, raises ``ValueError`` naming it when loaded;
+- a polygon point far outside its image (more than the image's size beyond an edge: a
+  coordinate of 4e8 segfaults pycocotools) makes the annotation ``bad_segmentation``.
 
 Crowd annotations (``iscrowd=1``) are left out of the training targets, as in torchvision's
 reference (``include_crowd=True`` keeps them with ``iscrowd=1``), and stay in :attr:`coco`,
@@ -167,6 +172,26 @@ def _rle_string_counts(s: str) -> list[int]:
     return counts
 
 
+def _check_polygon_range(polys: list[list[float]], height: int, width: int) -> None:
+    """Every point within the image widened by its own size on each side.
+
+    pycocotools rasterizes polygons in C ``int`` at 5x resolution: a coordinate of 4e8 or
+    more overflows and segfaults the process (training died with no message), and a far
+    point makes it allocate one entry per 1/5 pixel of every edge. A point that far outside
+    is a broken annotation, not a mask."""
+    for poly in polys:
+        xs, ys = poly[0::2], poly[1::2]
+        for name, values, size in (("x", xs, width), ("y", ys, height)):
+            lo, hi = min(values), max(values)
+            if lo < -size or hi > 2 * size:
+                bad = lo if lo < -size else hi
+                raise _Skip(
+                    "bad_segmentation",
+                    f"polygon {name} coordinate {bad:g} outside [-{size}, {2 * size}] "
+                    f"(the {width}x{height} image widened by its size)",
+                )
+
+
 def segmentation_to_rle(seg, height: int, width: int, check: bool = True) -> dict:
     """Any COCO segmentation (polygons, uncompressed or compressed RLE) -> compressed RLE.
 
@@ -182,6 +207,7 @@ def segmentation_to_rle(seg, height: int, width: int, check: bool = True) -> dic
         ]
         if not polys:
             raise _Skip("bad_segmentation", "no polygon with at least 3 finite points")
+        _check_polygon_range(polys, height, width)
         return mask_util.merge(mask_util.frPyObjects(polys, height, width))
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:
         if list(seg["size"]) != [height, width]:
@@ -199,6 +225,32 @@ def segmentation_to_rle(seg, height: int, width: int, check: bool = True) -> dic
                 raise _Skip("bad_segmentation", "compressed RLE counts do not sum to H*W")
             return {"size": [height, width], "counts": counts.encode("ascii")}
     raise _Skip("bad_segmentation", "neither polygons nor an RLE with 'counts' and 'size'")
+
+
+def check_image_file(path: Path, width: int, height: int) -> tuple[str, str] | None:
+    """``None`` for a whole image file of ``width x height``, else ``(reason, detail)``:
+    ``unreadable_image`` (not an image PIL knows, or truncated: a PNG's chunks are checked to
+    its end, a JPEG must end with its end-of-image marker), ``wrong_image_size`` (the JSON
+    disagrees) or ``image_too_large`` (beyond ``PIL.Image.MAX_IMAGE_PIXELS``: a
+    decompression bomb). Reads the header and, for PNG, the chunks: no pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size, kind = im.size, im.format
+                im.verify()  # PNG: every chunk's CRC, up to IEND (a cut file fails here)
+        if kind == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 1024))
+                if b"\xff\xd9" not in f.read():  # (some writers pad after the marker)
+                    return "unreadable_image", "JPEG without its end-of-image marker (truncated)"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return "image_too_large", f"over PIL.Image.MAX_IMAGE_PIXELS ({e})"
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's errors for bad files
+        return "unreadable_image", f"{type(e).__name__}: {e}"
+    if size != (width, height):
+        return "wrong_image_size", f"{size[0]}x{size[1]}, the annotation file says {width}x{height}"
+    return None
 
 
 def clean_annotation(ann: dict, image: dict, cat_ids, min_box_size: float = 1.0) -> dict:
@@ -247,7 +299,8 @@ class CocoDetection(torch.utils.data.Dataset):
         min_box_size: boxes narrower or lower than this (pixels) are degenerate.
         contiguous_labels: map category ids to labels 1..K in sorted id order (torchvision's
             COCO models use the raw ids, 1..90, with 91 classes; pass False for that).
-        check_files: check in the constructor that every image file exists.
+        check_files: check in the constructor that every image file exists and is a whole
+            image of the JSON's size (headers only; off: errors when an image is loaded).
     """
 
     def __init__(
@@ -343,7 +396,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _drop_missing_files(self, images: dict, skip) -> None:
         """Remove (and ``skip``) the images whose file is not under the root; none there at
-        all is a wrong root, a ValueError."""
+        all is a wrong root, a ValueError. Then remove (and ``skip``) the files that are not
+        a whole image of the size the JSON gives (:func:`check_image_file`)."""
         missing = [i for i, im in images.items() if not (self.root / im["file_name"]).is_file()]
         if len(missing) == len(images):
             raise ValueError(
@@ -353,6 +407,13 @@ class CocoDetection(torch.utils.data.Dataset):
         for i in missing:
             skip("missing_image_file", f"image id {i}", str(self.root / images[i]["file_name"]))
             del images[i]
+        for i in list(images):
+            info = images[i]
+            problem = check_image_file(self.root / info["file_name"], info["width"], info["height"])
+            if problem is not None:
+                reason, detail = problem
+                skip(reason, f"image id {i}", f"{self.root / info['file_name']}: {detail}")
+                del images[i]
 
     def _set_labels(self, categories: list, contiguous: bool) -> None:
         """``categories`` (sorted by id), ``cat_to_label`` / ``label_to_cat``,
@@ -382,6 +443,12 @@ class CocoDetection(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
+        except Image.DecompressionBombError as e:
+            raise ValueError(
+                f"image {path} (image id {image_id}) is larger than PIL.Image.MAX_IMAGE_PIXELS "
+                f"({Image.MAX_IMAGE_PIXELS} pixels) allows: a decompression bomb, or raise that "
+                f"limit for genuinely large images ({e})"
+            ) from e
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
             raise ValueError(f"cannot read image {path} (image id {image_id}): {e}") from e
         if image.size != (info["width"], info["height"]):

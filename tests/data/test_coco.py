@@ -243,12 +243,13 @@ def test_missing_image_files(tmp_path):
 
 
 def test_unreadable_or_wrong_size_image(tmp_path):
+    """Without the constructor's file checks, a bad image is a clear error when loaded."""
     images = [{"id": 1, "file_name": "a.png", "height": H, "width": W},
               {"id": 2, "file_name": "b.png", "height": H, "width": W}]  # fmt: skip
     path = _write(tmp_path, [_ann(1)], images=images)
     (tmp_path / "a.png").write_bytes(b"not a png")
     Image.fromarray(np.zeros((H + 1, W, 3), np.uint8)).save(tmp_path / "b.png")
-    ds = CocoDetection(tmp_path, path)
+    ds = CocoDetection(tmp_path, path, check_files=False)
     with pytest.raises(ValueError, match=r"cannot read image .*a\.png \(image id 1\)"):
         ds[0]
     with pytest.raises(ValueError, match=r"b\.png .* is 30x21 but .* says 30x20"):
@@ -299,3 +300,69 @@ def test_collate(shapes_dir):
     ds = CocoDetection(*split_paths(shapes_dir, "train"))
     images, targets = collate_fn([ds[0], ds[1]])
     assert len(images) == 2 and len(targets) == 2 and targets[1]["image_id"] == ds.ids[1]
+
+
+def _broken_images(tmp_path):
+    """Six images: good, garbage, a truncated PNG, a truncated JPEG, another size, and a
+    good JPEG; every one annotated."""
+    names = ["good.png", "garbage.png", "cut.png", "cut.jpg", "size.png", "good.jpg"]
+    images = [{"id": i + 1, "file_name": n, "height": H, "width": W} for i, n in enumerate(names)]
+    path = _write(tmp_path, [_ann(i + 1, image_id=i + 1) for i in range(6)], images=images)
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)  # (incompressible: long files)
+    Image.fromarray(noise).save(tmp_path / "cut.png")
+    Image.fromarray(noise).save(tmp_path / "cut.jpg", quality=95)
+    Image.fromarray(noise).save(tmp_path / "good.jpg", quality=95)
+    (tmp_path / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    for name in ("cut.png", "cut.jpg"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+    Image.fromarray(np.zeros((H + 1, W, 3), np.uint8)).save(tmp_path / "size.png")
+    return path
+
+
+def test_broken_images_are_found_in_the_constructor(tmp_path):
+    """Issue 12: a truncated or garbage image passed the constructor and failed mid-training.
+    Now each is skipped and counted when the dataset is built (strict: raises, naming it),
+    and every image left loads."""
+    path = _broken_images(tmp_path)
+    with pytest.warns(DatasetWarning, match="unreadable_image"):
+        ds = CocoDetection(tmp_path, path)
+    assert ds.summary["skipped"] == {"unreadable_image": 3, "wrong_image_size": 1}
+    assert sorted(ds.images[i]["file_name"] for i in ds.ids) == ["good.jpg", "good.png"]
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert image.shape == (3, H, W) and len(target["boxes"]) == 1
+    with pytest.raises(ValueError, match=r"image id 2: unreadable_image .*garbage\.png"):
+        CocoDetection(tmp_path, path, strict=True)
+
+
+def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
+    """A 400-megapixel PNG raised PIL's raw DecompressionBombError mid-training. The limit
+    is PIL's (lowered here, so that a small image stands for a huge one): the constructor
+    skips the image, and loading it unchecked is a ValueError naming it and the limit."""
+    path = _write(tmp_path, [_ann(1)])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W // 3)  # 2x over: PIL's error
+    with pytest.raises(ValueError, match="image_too_large"):
+        CocoDetection(tmp_path, path, strict=True)
+    ds = CocoDetection(tmp_path, path, check_files=False)
+    with pytest.raises(ValueError, match=r"a\.png \(image id 1\) is larger than .*MAX_IMAGE_PIX"):
+        ds[0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W - 1)  # just over: PIL only warns
+    with pytest.raises(ValueError, match="image_too_large"):
+        CocoDetection(tmp_path, path, strict=True)
+
+
+@pytest.mark.parametrize("value", [4e8, -4e8, 1e12, 3 * W])
+def test_far_polygon_coordinates_are_a_bad_segmentation(tmp_path, value):
+    """Issue 12: pycocotools segfaults on a polygon coordinate >= 4e8 (C int overflow at 5x
+    resolution), killing training with no message, inside the constructor. Such a polygon
+    is now a counted bad_segmentation, checked before pycocotools sees it."""
+    seg = [[2.0, 3.0, 7.0, 3.0, value, 7.0, 2.0, 7.0]]
+    with pytest.warns(DatasetWarning, match="bad_segmentation"):
+        ds = _load(tmp_path, [_ann(1, seg=seg), _ann(2)])
+    assert ds.summary["skipped"] == {"bad_segmentation": 1}
+    assert len(ds[0][1]["boxes"]) == 1
+    # a point outside the image but within its size of an edge is a valid polygon
+    ok = [[2.0, 3.0, 7.0, 3.0, -W + 1.0, 2 * H - 1.0, 2.0, 7.0]]
+    assert _load(tmp_path, [_ann(1, seg=ok)]).summary["skipped"] == {}
