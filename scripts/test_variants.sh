@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The suite on "another machine" without leaving this one: the CPU tests rerun with
-#   * torch, numpy and numba told to take another SIMD path (AVX2 instead of AVX-512, or the
-#     baseline), the way a CI runner or a laptop without AVX-512 computes;
+#   * torch (its own kernels, oneDNN, MKL), numpy and numba told to take another SIMD path
+#     (AVX2 instead of AVX-512, or the baseline), the way a CI runner or a laptop without
+#     AVX-512 computes;
 #   * one core only (taskset) and one thread;
 #   * both cores kept busy by two burner processes (a loaded laptop).
 # Each variant's pytest summary lands in runs/variants/<name>.log. Usage:
@@ -37,11 +38,16 @@ variants=("$@")
 status=0
 for v in "${variants[@]}"; do
     case $v in
-    avx2)  # torch's AVX2 kernels, numba compiled for Haswell, numpy without AVX-512
-        run avx2 ATEN_CPU_CAPABILITY=avx2 NUMBA_CPU_NAME=haswell \
-            NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR" -- || status=1 ;;
-    baseline)  # torch's default kernels, numpy's x86-64-v2 baseline, numba for a generic x86-64
-        run baseline ATEN_CPU_CAPABILITY=default NUMBA_CPU_NAME=x86-64 \
+    # ATEN_CPU_CAPABILITY moves only torch's own vectorized kernels: the convolutions
+    # (oneDNN) and matrix products (MKL) dispatch on their own, and it is their rounding that
+    # differs most between machines (without ONEDNN_MAX_CPU_ISA the model ran as on AVX-512).
+    avx2)  # torch's AVX2 kernels, oneDNN and MKL on AVX2, numba for Haswell, numpy without AVX-512
+        run avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+            NUMBA_CPU_NAME=haswell NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR" \
+            -- || status=1 ;;
+    baseline)  # torch's default kernels, oneDNN/MKL on SSE4, numpy's x86-64-v2, numba generic
+        run baseline ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
+            MKL_ENABLE_INSTRUCTIONS=SSE4_2 NUMBA_CPU_NAME=x86-64 \
             NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR" -- || status=1 ;;
     one-core)
         run one-core taskset -c 0 -- || status=1 ;;
