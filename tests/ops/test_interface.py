@@ -56,3 +56,15 @@ def test_unknown_backend_is_a_key_error_naming_the_choices():
     with pytest.raises(KeyError, match="choose from"):
         BACKENDS["vectorized"]
     assert sorted(BACKENDS) == ["cuda", "numba", "numpy", "python"]
+
+
+def test_the_lazy_torch_names_are_the_torch_layers():
+    """refimpl.ops spells the torch layer's names once more, so that it can offer them
+    without importing torch (``_TORCH_NAMES``): the same list as refimpl.ops.torch's
+    ``__all__``, each name the same object."""
+    import refimpl.ops
+    import refimpl.ops.torch
+
+    assert sorted(refimpl.ops._TORCH_NAMES) == sorted(refimpl.ops.torch.__all__)
+    for name in refimpl.ops.torch.__all__:
+        assert getattr(refimpl.ops, name) is getattr(refimpl.ops.torch, name), name
