@@ -95,6 +95,13 @@ def bilinear_1d(F, v, size):
     return True, low, high, w_low, w_high
 
 
+# The max modes' running maximum starts here and a value replaces it only when strictly
+# greater (torchvision's RoIPool: -FLT_MAX, ``>``): a NaN never wins, and a bin whose values
+# are all NaN (or at most -FLT_MAX) gives -FLT_MAX, with no argmax and no gradient. float64
+# included, as torchvision.
+MAX_FLOOR = -3.4028234663852886e38
+
+
 # --- RoIPool: two quantizations (box to integers, bins to integers), max per bin ----------
 
 

@@ -133,6 +133,28 @@ def _interp_matrix(F, s: Bilinear1d) -> tuple[np.ndarray, int] | None:
     return m, first
 
 
+def _support_matrix(s: Bilinear1d, first: int, n_pixels: int) -> np.ndarray:
+    """[P, n_pixels] bool: which pixels ``first + j`` bin ``p``'s inside samples read, with
+    any weight. A NaN pixel makes every such bin NaN, even at weight 0 (0 * NaN is NaN, as
+    in the python backend and torchvision's interpolation, which read all four corners)."""
+    m = np.zeros((s.low.shape[0], n_pixels), bool)
+    bins = np.broadcast_to(np.arange(s.low.shape[0])[:, None], s.low.shape)[s.inside]
+    m[bins, s.low[s.inside] - first] = True
+    m[bins, s.high[s.inside] - first] = True
+    return m
+
+
+def _spread_nan(out: np.ndarray, window: np.ndarray, rows, cols) -> np.ndarray:
+    """``out [C, PH, PW]`` computed from ``window [C, h, w]`` with its NaN pixels read as 0,
+    made NaN where a bin reads a NaN pixel: ``rows [PH, h]`` and ``cols [PW, w]`` say which
+    pixels each bin row and column reads (the matrix products alone would spread a NaN to
+    every bin of the RoI: 0 * NaN in every product)."""
+    nan = np.isnan(window).astype(np.float64)
+    touched = (rows.astype(np.float64) @ nan @ cols.astype(np.float64).T) > 0
+    out[touched] = np.nan
+    return out
+
+
 def _avg_matrices(a: RoIArgs, box, aligned: bool):
     """``(A, y0, B, x0, count)`` of one RoI, or None when it reads no pixel."""
     F = a.float_type
@@ -202,6 +224,14 @@ def _argmax_in_bin(v: np.ndarray, n_h: int, n_w: int) -> tuple[np.ndarray, np.nd
     return row, col
 
 
+def _above_floor(F, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The max modes' rule (torchvision's RoIPool, :data:`geometry.MAX_FLOOR`) on values
+    ``v [..., n, C]`` reduced over axis -2: ``(masked, won)``, the values with those that can
+    never win (NaN, at most -FLT_MAX) set to -inf, and whether anything won ``[..., C]``."""
+    valid = v > F(g.MAX_FLOOR)  # False for NaN
+    return np.where(valid, v, F(-np.inf)), valid.any(axis=-2)
+
+
 def _scatter_add(grad: np.ndarray, b: int, y: np.ndarray, x: np.ndarray, values) -> None:
     """``grad[b, y, x, c] += values[..., c]`` on a channels-last gradient, repeats adding up.
 
@@ -250,15 +280,23 @@ def _align_forward(a: RoIArgs, boxes: np.ndarray, aligned: bool) -> np.ndarray:
             if m is not None:  # else nothing read: 0
                 rows, y0, cols, x0, count = m
                 window = a.x[a.batch[k], :, y0 : y0 + rows.shape[1], x0 : x0 + cols.shape[1]]
-                out[k] = rows @ window @ cols.T / count
+                if not np.isnan(window).any():
+                    out[k] = rows @ window @ cols.T / count
+                    continue
+                ys, xs, _ = _roi_samples(a, box, aligned)
+                support_y = _support_matrix(_bilinear_1d(F, ys, height), y0, rows.shape[1])
+                support_x = _support_matrix(_bilinear_1d(F, xs, width), x0, cols.shape[1])
+                clean = np.where(np.isnan(window), F(0), window)
+                out[k] = _spread_nan(rows @ clean @ cols.T / count, window, support_y, support_x)
         return out
     x = _channels_last(a.x)
     for k, box in enumerate(boxes):
         ys, xs, _ = _roi_samples(a, box, aligned)
         if ys.size and xs.size:  # else an empty grid: 0
             sy, sx = _bilinear_1d(F, ys, height), _bilinear_1d(F, xs, width)
-            samples = _max_samples(F, x[a.batch[k]], sy, sx)
-            out[k] = samples.max(axis=2).transpose(2, 0, 1)
+            masked, won = _above_floor(F, _max_samples(F, x[a.batch[k]], sy, sx))
+            best = np.where(won, masked.max(axis=2), F(g.MAX_FLOOR))
+            out[k] = best.transpose(2, 0, 1)
     return out
 
 
@@ -285,8 +323,10 @@ def _align_backward(a: RoIArgs, boxes: np.ndarray, aligned: bool) -> np.ndarray:
             continue
         b = a.batch[k]
         sy, sx = _bilinear_1d(F, ys, height), _bilinear_1d(F, xs, width)
-        row, col = _argmax_in_bin(_max_samples(F, x[b], sy, sx), *ys.shape[1:], *xs.shape[1:])
-        grad = a.grad_output[k].transpose(1, 2, 0)  # [PH, PW, C]
+        masked, won = _above_floor(F, _max_samples(F, x[b], sy, sx))
+        row, col = _argmax_in_bin(masked, *ys.shape[1:], *xs.shape[1:])
+        # [PH, PW, C]; a bin where nothing won (all NaN) sends no gradient
+        grad = np.where(won, a.grad_output[k].transpose(1, 2, 0), F(0))
         # The winners' four corners, one scatter each; an outside winner has zero weights.
         y_corners = [
             (sy.low.take(row), sy.w_low.take(row)),
@@ -421,6 +461,7 @@ def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
     """:func:`roi_pool_forward` and the flat index ``row * W + col`` of each maximum in its
     image plane: ``(y, argmax)``, argmax int64 [K, C, PH, PW], -1 for an empty bin."""
     a = check_roi_args(x, rois, output_size, spatial_scale)
+    F = a.float_type
     out = np.zeros((a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w), a.x.dtype)
     argmax = np.full(out.shape, -1, np.int64)
     padded = _channels_last(a.x, pad=-np.inf)
@@ -428,11 +469,13 @@ def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
     for k in range(a.rois.shape[0]):
         bins = _pool_bins(a, padded, k)
         if bins is not None:
-            row, col = _argmax_in_bin(bins.pixels, bins.rows.shape[1], bins.cols.shape[1])
+            masked, won = _above_floor(F, bins.pixels)
+            row, col = _argmax_in_bin(masked, bins.rows.shape[1], bins.cols.shape[1])
             empty = bins.empty[..., None]
-            out[k] = np.where(empty, 0, bins.pixels.max(axis=2)).transpose(2, 0, 1)
+            best = np.where(won, masked.max(axis=2), F(g.MAX_FLOOR))
+            out[k] = np.where(empty, 0, best).transpose(2, 0, 1)
             flat = bins.rows.take(row) * width + bins.cols.take(col)
-            argmax[k] = np.where(empty, -1, flat).transpose(2, 0, 1)
+            argmax[k] = np.where(empty | ~won, -1, flat).transpose(2, 0, 1)
     return out, argmax
 
 
@@ -457,10 +500,12 @@ def roi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0):
     for k in range(a.rois.shape[0]):
         bins = _pool_bins(a, padded, k)
         if bins is not None:
-            row, col = _argmax_in_bin(bins.pixels, bins.rows.shape[1], bins.cols.shape[1])
+            masked, won = _above_floor(a.float_type, bins.pixels)
+            row, col = _argmax_in_bin(masked, bins.rows.shape[1], bins.cols.shape[1])
             # Bins overlap (floor / ceil), so two bins can share an argmax pixel: np.add.at.
-            # An empty bin's "argmax" is a padding pixel: its gradient is cropped below.
-            grad = a.grad_output[k].transpose(1, 2, 0)  # [PH, PW, C]
+            # An empty bin's "argmax" is a padding pixel: its gradient is cropped below; a
+            # bin where nothing won (all NaN) sends none.
+            grad = np.where(won, a.grad_output[k].transpose(1, 2, 0), 0)  # [PH, PW, C]
             _scatter_add(grad_x, a.batch[k], bins.rows.take(row), bins.cols.take(col), grad)
     height, width = a.x.shape[2:]
     return np.ascontiguousarray(grad_x[:, :height, :width].transpose(0, 3, 1, 2))
@@ -540,6 +585,16 @@ def _tent_integrals(edges: np.ndarray, size: int) -> np.ndarray:
     return antiderivative[1:] - antiderivative[:-1]
 
 
+def _tent_support_matrix(edges: np.ndarray, size: int) -> np.ndarray:
+    """[P, size] bool: the pixels :func:`geometry.tent_support` gives each bin (those the
+    python backend reads, some at weight 0: a NaN there makes the bin NaN)."""
+    m = np.zeros((edges.shape[0] - 1, size), bool)
+    for p in range(edges.shape[0] - 1):
+        lo, hi = g.tent_support(edges[p], edges[p + 1], size)
+        m[p, lo:hi] = True
+    return m
+
+
 def _tent_values(edges: np.ndarray, size: int) -> np.ndarray:
     """[P + 1, size]: each pixel's tent at each bin edge (the map's weights along the edge)."""
     pixels = np.arange(size).astype(edges.dtype)
@@ -562,6 +617,7 @@ def _prroi_geometry(a: RoIArgs, k: int):
 def prroi_pool_forward(x, rois, output_size, spatial_scale=1.0, aligned=False):
     """PrRoIPool: the exact mean of the bilinearly interpolated map over each bin."""
     a = check_roi_args(x, rois, output_size, spatial_scale, aligned=aligned)
+    F = a.float_type
     height, width = a.x.shape[2:]
     y = np.zeros((a.rois.shape[0], a.x.shape[1], a.pooled_h, a.pooled_w), a.x.dtype)
     for k in range(a.rois.shape[0]):
@@ -569,7 +625,13 @@ def prroi_pool_forward(x, rois, output_size, spatial_scale=1.0, aligned=False):
         if area <= 0:
             continue
         iy, ix = _tent_integrals(ey, height), _tent_integrals(ex, width)
-        y[k] = iy @ a.x[a.batch[k]] @ ix.T / area
+        plane = a.x[a.batch[k]]
+        if not np.isnan(plane).any():
+            y[k] = iy @ plane @ ix.T / area
+            continue
+        clean = np.where(np.isnan(plane), F(0), plane)
+        support = _tent_support_matrix(ey, height), _tent_support_matrix(ex, width)
+        y[k] = _spread_nan(iy @ clean @ ix.T / area, plane, *support)
     return y
 
 
@@ -594,6 +656,13 @@ def prroi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0, al
         plane = a.x[b]
         g_out = a.grad_output[k] / area  # [C, PH, PW]
         iy, ix = _tent_integrals(ey, height), _tent_integrals(ex, width)
+        # a NaN pixel a bin reads (at any weight) makes that bin's output NaN, hence every
+        # edge derivative of the RoI (python backend); the input gradient never reads x
+        nan_read = False
+        if np.isnan(plane).any():
+            support = _tent_support_matrix(ey, height), _tent_support_matrix(ex, width)
+            nan_read = bool(np.isnan(_spread_nan(np.zeros(g_out.shape), plane, *support)).any())
+            plane = np.where(np.isnan(plane), F(0), plane)
         ty, tx = _tent_values(ey, height), _tent_values(ex, width)
         grad_x[b] += iy.T @ g_out @ ix
         out = iy @ plane @ ix.T / area  # [C, PH, PW]
@@ -612,4 +681,6 @@ def prroi_pool_backward(x, rois, grad_output, output_size, spatial_scale=1.0, al
         grad_rois[k, 3] = scale * np.sum(d_x * fx)
         grad_rois[k, 2] = scale * np.sum(d_y * (1 - fy))
         grad_rois[k, 4] = scale * np.sum(d_y * fy)
+        if nan_read:
+            grad_rois[k, 1:] = np.nan
     return grad_x, grad_rois

@@ -65,13 +65,22 @@ def _interpolate(plane: np.ndarray, sample: Sample):
 
 
 def _argmax_sample(plane: np.ndarray, samples: list[Sample]) -> int:
-    """Index of the largest sample (outside samples count as 0; the first wins ties)."""
-    best, best_value = -1, None
+    """Index of the largest sample (outside samples count as 0; the first wins ties), -1
+    when none is above ``g.MAX_FLOOR`` (NaN never wins: torchvision's RoIPool rule)."""
+    F = plane.dtype.type
+    best, best_value = -1, F(g.MAX_FLOOR)
     for s, sample in enumerate(samples):
         value = _interpolate(plane, sample)
-        if best_value is None or value > best_value:
+        if value > best_value:
             best, best_value = s, value
     return best
+
+
+def _max_value(plane: np.ndarray, samples: list[Sample], best: int):
+    """The max mode's output for the winner ``best`` (``g.MAX_FLOOR`` when none won)."""
+    if best < 0:
+        return plane.dtype.type(g.MAX_FLOOR)
+    return _interpolate(plane, samples[best])
 
 
 def _align_forward(a: RoIArgs, boxes: np.ndarray, aligned: bool) -> np.ndarray:
@@ -88,7 +97,7 @@ def _align_forward(a: RoIArgs, boxes: np.ndarray, aligned: bool) -> np.ndarray:
                     total += _interpolate(image[c], sample)
                 y[k, c, ph, pw] = total / count
             else:
-                y[k, c, ph, pw] = _interpolate(image[c], samples[_argmax_sample(image[c], samples)])
+                y[k, c, ph, pw] = _max_value(image[c], samples, _argmax_sample(image[c], samples))
     return y
 
 
@@ -102,10 +111,9 @@ def _align_backward(a: RoIArgs, boxes: np.ndarray, aligned: bool) -> np.ndarray:
             grad = a.grad_output[k, c, ph, pw]
             if a.pool_mode == "avg":
                 chosen = [(sample, grad / count) for sample in samples]
-            elif samples:
-                chosen = [(samples[_argmax_sample(a.x[b, c], samples)], grad)]
             else:
-                chosen = []
+                best = _argmax_sample(a.x[b, c], samples)  # -1: no winner, no gradient
+                chosen = [(samples[best], grad)] if best >= 0 else []
             for sample, share in chosen:
                 if sample is None:
                     continue
@@ -183,12 +191,14 @@ def _pool_bins(a: RoIArgs) -> Iterator:
 
 
 def _pool_argmax(plane: np.ndarray, rows: range, cols: range) -> tuple[int, int] | None:
-    """The first maximum in row-major order; None for an empty bin."""
-    best = None
+    """The first maximum in row-major order; None when no pixel is above ``g.MAX_FLOOR``
+    (an empty bin, or only NaN: torchvision's running max from -FLT_MAX, which a NaN never
+    beats)."""
+    best, best_value = None, plane.dtype.type(g.MAX_FLOOR)
     for yy in rows:
         for xx in cols:
-            if best is None or plane[yy, xx] > plane[best]:
-                best = (yy, xx)
+            if plane[yy, xx] > best_value:
+                best, best_value = (yy, xx), plane[yy, xx]
     return best
 
 
@@ -212,6 +222,8 @@ def roi_pool_forward_with_argmax(x, rois, output_size, spatial_scale=1.0):
             if best is not None:
                 y[k, c, ph, pw] = plane[best]
                 argmax[k, c, ph, pw] = best[0] * width + best[1]
+            elif len(rows) and len(cols):  # pixels, none above the floor (e.g. all NaN)
+                y[k, c, ph, pw] = g.MAX_FLOOR
     return y, argmax
 
 

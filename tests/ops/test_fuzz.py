@@ -9,8 +9,9 @@ same examples on every machine, every run) and bounded (``max_examples``), a few
 
 Before the fixes of issue 12 this suite failed on: an empty batch (N = 0, K = 0: "x must
 hold at least one image"), a NaN pixel (numpy's matrix products spread it to every bin of a
-RoI; the max modes disagreed on a NaN first sample), and PrRoIPool with a subnormal-width
-box (numba's forward NaN, numpy's input gradient NaN).
+RoI, PrRoIPool's too; the max modes disagreed on a NaN first sample), and PrRoIPool with a
+subnormal-width box (numba's forward NaN, numpy's input gradient NaN). The NaN semantics
+themselves (torchvision's) are pinned in tests/ops/test_nan_pixels.py.
 
 Tolerances: :func:`tests.conftest.assert_close` (1e-5 float32, 1e-9 float64) for outputs and
 input gradients: the backends share the geometry bitwise and differ only in summation order

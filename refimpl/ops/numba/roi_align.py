@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..geometry import MAX_FLOOR
 from ..validate import RoIArgs, check_roi_args
 from ._compile import (
     JIT,
@@ -181,7 +182,9 @@ def _max_forward(x_cl, batch, width, grid_h, grid_w, samples_y, samples_x, scrat
         image = x_cl[batch[k]]
         n_samples = grid_h[k] * grid_w[k]
         best = scratch[numba.get_thread_id()]
-        best[:] = 0  # an empty grid pools to 0
+        # an empty grid pools to 0; otherwise the running max starts at MAX_FLOOR, which a
+        # NaN never beats (torchvision's RoIPool rule)
+        best[:] = MAX_FLOOR if n_samples > 0 else 0
         for b in range(n_bins):
             ph, pw = b // pooled_w, b % pooled_w
             m = best[b]
@@ -189,7 +192,7 @@ def _max_forward(x_cl, batch, width, grid_h, grid_w, samples_y, samples_x, scrat
                 corners, weights = _sample(k, ph, pw, s, grid_w[k], samples_y, samples_x, width)
                 for c in range(channels):
                     value = _value(image, corners, weights, c)
-                    m[c] = value if (s == 0 or value > m[c]) else m[c]
+                    m[c] = value if value > m[c] else m[c]
         store_channels_first(best, out[k])
 
 
@@ -223,17 +226,21 @@ def _max_backward(
             load_channels_last(grad[k], blk * bc, g_cl)
             for b in range(n_bins):
                 ph, pw = b // pooled_w, b % pooled_w
-                # recompute the forward's argmax, channels innermost
+                # recompute the forward's argmax, channels innermost (-1: nothing won)
+                best[:] = MAX_FLOOR
+                arg[:] = -1
                 for s in range(n_samples):
                     corners, weights = _sample(k, ph, pw, s, grid_w[k], samples_y, samples_x, width)
                     for c in range(bc):
                         value = _value(image, corners, weights, c)
-                        better = s == 0 or value > best[c]
+                        better = value > best[c]
                         best[c] = value if better else best[c]
                         arg[c] = s if better else arg[c]
                 # scatter, per channel, to the 4 corners of its winning sample (python's order)
                 g = g_cl[b]
                 for c in range(bc):
+                    if arg[c] < 0:
+                        continue  # no sample above MAX_FLOOR (all NaN): no gradient
                     corners, weights = _sample(
                         k, ph, pw, arg[c], grid_w[k], samples_y, samples_x, width
                     )

@@ -8,6 +8,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..geometry import MAX_FLOOR
 from ..validate import argmax_range_error, check_argmax, check_roi_args
 from ._compile import PJIT, pool_bin, pool_box, roi_work, thread_scratch, threads_for
 from ._layout import (
@@ -42,8 +43,10 @@ def _pool_forward(F, x_cl, rois, batch, scale, height, width, scratch, out, argm
                     continue
                 m = best[ph * pooled_w + pw]
                 a = arg[ph * pooled_w + pw]
-                m[:] = image[h_lo * width + w_lo]  # the first pixel; ">" keeps the first max
-                a[:] = h_lo * width + w_lo
+                # torchvision's running max: from -FLT_MAX, ">" keeps the first maximum and
+                # never takes a NaN (a bin of only NaN: -FLT_MAX, argmax -1)
+                m[:] = MAX_FLOOR
+                a[:] = -1
                 for yy in range(h_lo, h_hi):
                     for xx in range(w_lo, w_hi):
                         index = yy * width + xx
@@ -109,8 +112,8 @@ def _pool_backward(
                     w_lo, w_hi = pool_bin(F, pw, bin_w, start_x, width)
                     if h_hi <= h_lo or w_hi <= w_lo:
                         continue
-                    best[:] = image[h_lo * width + w_lo]
-                    arg[:] = h_lo * width + w_lo
+                    best[:] = MAX_FLOOR  # as the forward
+                    arg[:] = -1
                     for yy in range(h_lo, h_hi):
                         for xx in range(w_lo, w_hi):
                             index = yy * width + xx
@@ -121,7 +124,8 @@ def _pool_backward(
                                 arg[c] = index if better else arg[c]
                     g = g_cl[ph * pooled_w + pw]
                     for c in range(bc):
-                        g_image[arg[c], c] += g[c]
+                        if arg[c] >= 0:  # (-1: nothing above MAX_FLOOR, no gradient)
+                            g_image[arg[c], c] += g[c]
         put_block(grad_cl, blk * bc, grad_x)
 
 
