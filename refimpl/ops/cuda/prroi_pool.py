@@ -18,7 +18,7 @@ from numba import cuda
 
 from ..validate import check_roi_args, check_spatial_scale
 from . import _launch
-from ._device import prroi_box, tent, tent_integral, tent_support, unravel
+from ._device import prroi_area, prroi_box, tent, tent_integral, tent_support, unravel
 from ._launch import (
     check_contiguous,
     check_dtype,
@@ -40,7 +40,8 @@ MAX_THREADS = 256
 @cuda.jit(device=True)
 def _bin(F, rois, k, spatial_scale, aligned, pooled_h, pooled_w, ph, pw):
     """Bin ``(ph, pw)`` of RoI ``k`` as real intervals: ``y0, y1, x0, x1`` and the bin's area
-    (0 for a zero-size or inverted box), as the python backend computes them."""
+    (0 for a zero-size or inverted box, or one below ``geometry.MIN_PRROI_AREA``), as the
+    python backend computes them."""
     start_y, start_x, bin_h, bin_w = prroi_box(
         F,
         rois[k, 1],
@@ -56,7 +57,7 @@ def _bin(F, rois, k, spatial_scale, aligned, pooled_h, pooled_w, ph, pw):
     y1 = start_y + F(ph + 1) * bin_h
     x0 = start_x + F(pw) * bin_w
     x1 = start_x + F(pw + 1) * bin_w
-    return y0, y1, x0, x1, bin_h * bin_w
+    return y0, y1, x0, x1, prroi_area(F, bin_h, bin_w)
 
 
 @cuda.jit(device=True)

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 import numpy as np
 from numba import cuda
 
+from ..geometry import MAX_FLOOR
 from ..validate import check_pool_mode, check_roi_args, check_spatial_scale
 from ._device import (
     align_box,
@@ -81,11 +82,12 @@ def _max_sample(F, x, b, c, ph, pw, grid, h, w, channels_last):
     """The bin's largest sample: ``(value, iy, ix)``, ``iy = -1`` for an empty grid.
     ``grid``: ``(start_y, start_x, bin_h, bin_w, grid_h, grid_w)`` from :func:`_roi_grid`.
 
-    An outside sample counts as 0; the first maximum wins (``>``), iterating iy then ix.
-    The backward calls this too, recomputing the argmax from ``x`` instead of storing it.
+    An outside sample counts as 0; the first maximum wins (``>``), iterating iy then ix,
+    from ``MAX_FLOOR`` (torchvision's RoIPool rule: a NaN never wins; only NaN: -FLT_MAX,
+    ``iy = -1``). The backward calls this too, recomputing the argmax from ``x``.
     """
     start_y, start_x, bin_h, bin_w, grid_h, grid_w = grid
-    best = F(0.0)
+    best = F(0.0) if grid_h * grid_w == 0 else F(MAX_FLOOR)
     best_iy = -1
     best_ix = -1
     for iy in range(grid_h):
@@ -93,7 +95,7 @@ def _max_sample(F, x, b, c, ph, pw, grid, h, w, channels_last):
         for ix in range(grid_w):
             xx = sample_coord(F, start_x, bin_w, pw, ix, grid_w)
             v = bilinear(F, x, b, c, y, xx, h, w, channels_last)
-            if best_iy < 0 or v > best:
+            if v > best:
                 best = v
                 best_iy = iy
                 best_ix = ix

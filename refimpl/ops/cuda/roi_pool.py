@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 from numba import cuda
 
+from ..geometry import MAX_FLOOR
 from ..validate import check_argmax, check_roi_args, check_spatial_scale
 from ._device import at, atomic_add, dims, pool_bin, pool_box, put, unravel
 from ._launch import (
@@ -46,14 +47,15 @@ def _bin_pixels(F, rois, k, spatial_scale, ph, pw, pooled_h, pooled_w, height, w
 @cuda.jit(device=True)
 def _argmax(F, x, b, c, h_lo, h_hi, w_lo, w_hi, channels_last):
     """The bin's maximum: ``(value, y, x)``, the first maximum in row-major order; ``y = -1``
-    (and value 0) for an empty bin."""
-    best = F(0.0)
+    (and value 0) for an empty bin. torchvision's running max: from -FLT_MAX (``MAX_FLOOR``),
+    a strictly greater value wins, so a NaN never does (only NaN: -FLT_MAX, ``y = -1``)."""
+    best = F(0.0) if (h_hi <= h_lo or w_hi <= w_lo) else F(MAX_FLOOR)
     best_y = -1
     best_x = -1
     for yy in range(h_lo, h_hi):
         for xx in range(w_lo, w_hi):
             v = at(x, b, c, yy, xx, channels_last)
-            if best_y < 0 or v > best:
+            if v > best:
                 best = v
                 best_y = yy
                 best_x = xx
