@@ -76,9 +76,10 @@ def _coords(draw, size: float, kind: str, adaptive: bool):
 
 
 @st.composite
-def roi_cases(draw):
+def roi_cases(draw, kinds=BOX_KINDS, nan_pixel: bool | None = None):
     """A RoI operator's inputs: ``dict(x, rois, grad, output_size, spatial_scale,
-    sampling_ratio, aligned, pool_mode)``, with ``rois`` in image coordinates."""
+    sampling_ratio, aligned, pool_mode)``, with ``rois`` in image coordinates; boxes of the
+    given ``kinds``; one NaN pixel always (True), never (False) or drawn (None)."""
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     n_images = draw(st.sampled_from([0, 1, 1, 2]))
     channels = draw(st.integers(1, 3))
@@ -90,7 +91,7 @@ def roi_cases(draw):
     adaptive = sampling_ratio <= 0
     rows = []
     for _ in range(n_rois):
-        kind_x, kind_y = draw(st.sampled_from(BOX_KINDS)), draw(st.sampled_from(BOX_KINDS))
+        kind_x, kind_y = draw(st.sampled_from(kinds)), draw(st.sampled_from(kinds))
         x1, x2 = draw(_coords(width, kind_x, adaptive))
         y1, y2 = draw(_coords(height, kind_y, adaptive))
         batch = draw(st.integers(0, n_images - 1))
@@ -102,7 +103,7 @@ def roi_cases(draw):
         x = rng.standard_normal(shape)
     else:  # few distinct values: ties in the max modes
         x = rng.integers(-1, 2, shape).astype(np.float64)
-    if x.size and draw(st.booleans()):
+    if x.size and (nan_pixel if nan_pixel is not None else draw(st.booleans())):
         x.flat[draw(st.integers(0, x.size - 1))] = np.nan
     grad = rng.standard_normal((n_rois, channels, *output_size))
     return {
@@ -180,6 +181,15 @@ def _box_gradient_tolerance(case: dict) -> np.ndarray:
 @FUZZ
 @given(case=roi_cases())
 def test_backends_agree_on_odd_inputs(backend_name, op, case):
+    check_forward_backward(BACKENDS[backend_name], op, case)
+
+
+@pytest.mark.parametrize("backend_name", COMPARED)
+@pytest.mark.parametrize("op", ["roi_align", "roi_warp", "roi_pool", "prroi_pool"])
+@FUZZ
+@given(case=roi_cases(kinds=("inside", "lattice", "tiny"), nan_pixel=True))
+def test_backends_agree_on_a_nan_pixel(backend_name, op, case):
+    """Boxes on the map and always a NaN pixel: where the backends' NaN rules differed."""
     check_forward_backward(BACKENDS[backend_name], op, case)
 
 
