@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -85,7 +86,11 @@ class TrainConfig:
 
 def config_record(cfg: TrainConfig) -> dict:
     """The configuration as data (config.json, checkpoints): ``parts`` as its repr."""
-    record = dataclasses.asdict(dataclasses.replace(cfg, parts=None))
+    # a copy, not dataclasses.replace: replace re-validates, and a record is also written of
+    # a config changed after construction (a run that must still stop on a NaN lr, issue 12)
+    shallow = copy.copy(cfg)
+    shallow.parts = None
+    record = dataclasses.asdict(shallow)
     record["parts"] = None if cfg.parts is None else repr(cfg.parts)
     return record
 
