@@ -80,6 +80,7 @@ def load(path: str | Path, *, reload: bool = False) -> types.ModuleType:
     path = path.resolve()
     key = (str(path), path.stat().st_mtime_ns)
     if key in _CACHE and not reload:
+        sys.modules[_CACHE[key].__name__] = _CACHE[key]  # (a same-named notebook elsewhere)
         return _CACHE[key]
     try:
         nb = read_notebook(path)

@@ -13,9 +13,10 @@ import shutil
 import pytest
 
 from refimpl.course import capstone
+from refimpl.course.grade import grade_notebook
 from refimpl.course.learner import load
 
-from .conftest import SOLUTIONS, edit, write
+from .conftest import SOLUTIONS, edit, failed, write
 from .conftest import load as load_json
 
 NOTEBOOKS = ("08_torch_op", "09_anchors", "10_box_coding_nms", "11_matcher_sampler", "12_masks",
@@ -84,3 +85,32 @@ def test_a_planted_bug_fails_parity_and_names_the_part(
     assert not result.ok and str(result).startswith(f"{part}: differs from refimpl's on ")
     assert f"NO PARITY: the first part that differs is {part}" in str(report)
     assert report.differences  # the model shows it too: losses or detections
+
+
+# What each planted bug costs in the autograder (refimpl/course/grading/test_14_capstone.py):
+# the part's own test and the model's parity; exercise 10's batched_nms calls its nms.
+LOST = {
+    "roi_align": {"test_part_roi_align", "test_model_parity"},
+    "nms": {"test_part_nms", "test_part_batched_nms", "test_model_parity"},
+    "matcher": {"test_part_matcher", "test_model_parity"},
+    "mask_loss": {"test_part_mask_loss", "test_model_parity"},
+}
+
+
+@pytest.mark.slow  # ~1 minute per notebook: the sandbox loads notebooks 08-12, then grades
+@pytest.mark.usefixtures("restore_solutions_op")
+@pytest.mark.parametrize(("part", "notebook", "grade_id", "replacements"), MUTATIONS,
+                         ids=[m[0] for m in MUTATIONS])  # fmt: skip
+def test_a_planted_bug_loses_exactly_its_tests_in_the_grader(
+    tmp_path, part, notebook, grade_id, replacements
+):
+    for name in NOTEBOOKS:
+        shutil.copy(SOLUTIONS / f"{name}.ipynb", tmp_path)
+    nb = load_json(tmp_path / f"{notebook}.ipynb")
+    edit(nb, grade_id, replacements)
+    write(nb, tmp_path, notebook)
+    result = grade_notebook(tmp_path / "14_capstone.ipynb")
+    assert result.tests and not result.notes, result.notes
+    assert failed(result) == LOST[part]
+    parity = next(t for t in result.tests if t.name == "test_model_parity")
+    assert f"the first part that differs is {part}" in parity.output

@@ -8,6 +8,7 @@ per exercise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def load_solution(exercise: str) -> Submission:
     if exercise not in _cache:
         nb = json.loads((SOLUTIONS / f"{exercise}.ipynb").read_text())
         cells, _ = grading_cells(nb)
-        namespace, reports = run_cells(cells, timeout=60)
+        with contextlib.chdir(SOLUTIONS):  # as Jupyter and the sandbox: the notebook's folder
+            namespace, reports = run_cells(cells, timeout=60)
         errors = [r["error"] for r in reports if r["error"]]
         assert not errors, errors
         _cache[exercise] = Submission(namespace, errors)
