@@ -16,9 +16,18 @@ import torch
 from refimpl.data import CocoDetection, split_paths, write_shapes_dataset
 from refimpl.engine.train import TrainConfig, load_model, train
 
-pytest.importorskip("refimpl.model.mask_rcnn")
-
-ITERS = 80  # seed 0: loss 3.5 -> 0.2, min mask IoU 0.89; ~30 s on 2 quiet cores
+# 120 iterations, not 80: the run's rounding differs from CPU to CPU (oneDNN's and MKL's
+# kernels follow the SIMD path), and a few steps later that is another trajectory, as
+# another seed is. At 80 (where the cosine schedule ended) the AVX2 path left an object
+# undetected (min mask IoU 0.004), and so did seed 1 (0.005; seeds 2, 3: 0.78, 0.79): the
+# recipe had been tuned on one machine and one seed. At 120, min mask IoU over the 10
+# objects, seed 0 (scripts/test_variants.sh's paths): AVX-512 0.922 (1 or 2 threads; one
+# core 0.919), AVX2 0.929 (1 or 2 threads), SSE4.1 baseline 0.881; seeds 1-4 on AVX-512:
+# 0.924 0.921 0.907 0.868; loss 3.5-4.5 -> 0.12-0.25 (ratio <= 0.058). The bar is COCO's
+# strict match, IoU 0.75: 0.12 below the worst run; a missed object scores 0, as does every
+# object after 5 iterations. 1.5 x the 80 iterations' time (~30 s on 2 quiet cores): slow.
+ITERS = 120
+MIN_MASK_IOU = 0.75
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -26,7 +35,8 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum() / (a | b).sum().clamp(min=1))
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a guard against a hang only: several minutes on a loaded machine
 def test_overfit_four_images(tmp_path):
     data = tmp_path / "data"
     write_shapes_dataset(data, train=4, val=0, seed=0)
@@ -53,7 +63,7 @@ def test_overfit_four_images(tmp_path):
             for gt, label in zip(target["masks"], target["labels"], strict=True):
                 same = out["labels"][keep] == label
                 ious.append(max((mask_iou(p, gt) for p in pred[same]), default=0.0))
-    assert min(ious) > 0.8, ious
+    assert min(ious) > MIN_MASK_IOU, ious
 
 
 @pytest.fixture(scope="module")
