@@ -143,40 +143,29 @@ def _calls(op: str, w: Workload, data) -> dict[str, dict]:
 
         return call
 
+    nchw = {"layout": "nchw", "stream": stream}  # the launch functions' keywords
+    cl = {"layout": "channels_last", "stream": stream}
     if op == "roi_align":
         params = (scale, sr, aligned, "avg")
 
         def k_bwd():
             gx.zero_()  # the avg backward reads only x's shape: grad_x stands in for it
-            cu.roi_align.launch_backward(
-                a["gx"], a["rois"], a["grad"], a["gx"], *params, layout="nchw", stream=stream
-            )
+            cu.roi_align.launch_backward(a["gx"], a["rois"], a["grad"], a["gx"], *params, **nchw)
 
         def k_bwd_cl():
             gx_nhwc.zero_()
             cu.roi_align.launch_backward(
-                a["gx_nhwc"],
-                a["rois"],
-                a["g_nhwc"],
-                a["gx_nhwc"],
-                *params,
-                layout="channels_last",
-                stream=stream,
+                a["gx_nhwc"], a["rois"], a["g_nhwc"], a["gx_nhwc"], *params, **cl
             )
 
         forward = {
             "torchvision": lambda: tv.roi_align(x, rois, scale, p, p, sr, aligned),
             "refimpl": lambda: ours.roi_align(x, rois, scale, p, p, sr, aligned, "avg"),
             "kernel nchw": lambda: cu.roi_align.launch_forward(
-                a["x"], a["rois"], a["out"], *params, layout="nchw", stream=stream
+                a["x"], a["rois"], a["out"], *params, **nchw
             ),
             "kernel nhwc": lambda: cu.roi_align.launch_forward(
-                a["x_nhwc"],
-                a["rois"],
-                a["out_nhwc"],
-                *params,
-                layout="channels_last",
-                stream=stream,
+                a["x_nhwc"], a["rois"], a["out_nhwc"], *params, **cl
             ),
         }
         backward = {
@@ -200,35 +189,22 @@ def _calls(op: str, w: Workload, data) -> dict[str, dict]:
 
         def k_fwd():
             cu.roi_pool.launch_forward_with_argmax(
-                a["x"], a["rois"], a["out"], a["am"], scale, layout="nchw", stream=stream
+                a["x"], a["rois"], a["out"], a["am"], scale, **nchw
             )
 
         def k_fwd_cl():
             cu.roi_pool.launch_forward_with_argmax(
-                a["x_nhwc"],
-                a["rois"],
-                a["out_nhwc"],
-                a["am_nhwc"],
-                scale,
-                layout="channels_last",
-                stream=stream,
+                a["x_nhwc"], a["rois"], a["out_nhwc"], a["am_nhwc"], scale, **cl
             )
 
         def k_bwd():
             gx.zero_()
-            cu.roi_pool.launch_backward_from_argmax(
-                a["rois"], a["grad"], a["am"], a["gx"], layout="nchw", stream=stream
-            )
+            cu.roi_pool.launch_backward_from_argmax(a["rois"], a["grad"], a["am"], a["gx"], **nchw)
 
         def k_bwd_cl():
             gx_nhwc.zero_()
             cu.roi_pool.launch_backward_from_argmax(
-                a["rois"],
-                a["g_nhwc"],
-                a["am_nhwc"],
-                a["gx_nhwc"],
-                layout="channels_last",
-                stream=stream,
+                a["rois"], a["g_nhwc"], a["am_nhwc"], a["gx_nhwc"], **cl
             )
 
         k_fwd()
