@@ -96,8 +96,9 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(
     and goes on from iteration 2."""
     out = Path(make_config("killed-in-write").out)
     proc = _start(shapes_data, out, {STALL_ENV: "2:600"})
-    tmp = out / "checkpoint.pt.tmp"
-    _kill_when(proc, lambda: tmp.is_file() and tmp.stat().st_size > 0)
+    tmp, first = out / "checkpoint.pt.tmp", out / "checkpoint.pt"
+    # the first checkpoint renamed into place, the second's .tmp begun (and stalled there)
+    _kill_when(proc, lambda: first.is_file() and tmp.is_file() and tmp.stat().st_size > 0)
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 2
     cfg = make_config(
         "killed-in-write", resume=True, checkpoint_every=2, final_eval=False, model_kwargs=SLOW
