@@ -168,3 +168,11 @@ def test_the_learners_model_trains_through_the_engine(solved, tmp_path):
     logged = [json.loads(line) for line in lines]
     assert any("loss_mask" in r for r in logged)
     assert "segm" in json.dumps(summary)
+
+
+def test_the_learners_parts_run_the_trained_weights(solved):
+    model, card = capstone.trained_model(solved.parts)
+    assert not model.training and card["builder"] == "maskrcnn_small"
+    assert model.parts is solved.parts or model.parts.mine() == solved.parts.mine()
+    with pytest.raises(TypeError, match="parts must be a Parts"):
+        capstone.trained_model(None)
