@@ -8,10 +8,13 @@ a warning, and rewrites the file atomically, so the resumed run appends after cl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
 from pathlib import Path
+
+from .checkpoint import CheckpointWriteError
 
 
 class MetricsLog:
@@ -23,8 +26,11 @@ class MetricsLog:
 
     def append(self, record: dict) -> None:
         # one write of one whole line: a kill can tear only this line, and only at the end
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: say so (a torn line is dropped on --resume)
+            raise _write_error(self.path, e) from e
 
     def records(self) -> list[dict]:
         """The whole lines (a torn last line is left out, with a warning)."""
@@ -59,5 +65,14 @@ class MetricsLog:
             return
         kept = [line + b"\n" for record, line in self._read() if record.get("iter", 0) <= iteration]
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(b"".join(kept))  # the lines as written: the losses stay bit for bit
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_bytes(b"".join(kept))  # the lines as written: the losses stay bit for bit
+            os.replace(tmp, self.path)
+        except OSError as e:  # a full disk: the log is unchanged, no partial .tmp is left
+            tmp.unlink(missing_ok=True)
+            raise _write_error(self.path, e) from e
+
+
+def _write_error(path: Path, error: OSError) -> CheckpointWriteError:
+    what = "no space left" if error.errno in (errno.ENOSPC, errno.EDQUOT) else str(error)
+    return CheckpointWriteError(f"{what} writing {path}; the run's earlier lines are intact")

@@ -257,3 +257,27 @@ def test_full_disk_cli_message(make_config, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no space left writing the checkpoint to" in err and "checkpoint.pt" in err
     assert not list(Path(cfg.out).glob("*.tmp"))
+
+
+def test_full_disk_while_logging_is_a_clear_error(make_config, monkeypatch):
+    """metrics.jsonl on a full disk: the CheckpointWriteError of the checkpoints (not a raw
+    OSError), and --resume's rewrite of the log leaves no .tmp behind."""
+    from refimpl.engine import runlog
+    from refimpl.engine.runlog import MetricsLog
+
+    cfg = make_config("full-disk-log", stop_at=2)
+    train(cfg)
+    log = MetricsLog(Path(cfg.out, "metrics.jsonl"))
+    before = log.path.read_bytes()
+    monkeypatch.setattr(runlog, "open", FullDisk(room=0), raising=False)
+    with pytest.raises(CheckpointWriteError, match=r"no space left writing .*metrics\.jsonl"):
+        log.append({"iter": 3})
+
+    def full(path, *_data):  # the .tmp is created, then the disk is full
+        open(path, "wb").close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(CheckpointWriteError, match="no space left"):
+        log.truncate(1)
+    assert log.path.read_bytes() == before and not list(Path(cfg.out).glob("*.tmp"))
