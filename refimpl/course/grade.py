@@ -21,9 +21,11 @@ IPython magics and shell escapes do nothing, except that the body of a ``%%time`
 code cell, with its first line.
 
 Limits are CPU time, not wall time, per cell and per test: ``max(floor, 10 x`` what the
-reference solution needs``)`` (``grading/calibration.json``; NOT YET
-shipped, so for now every limit is the floor; ``--timeout`` sets the floor, 10 s), with a
-wall-clock backstop (``max(30 s, 4 x`` the CPU limit``)``) against code that sleeps. A cell
+reference solution needs``)``, from ``grading/calibration.json`` (the solutions' CPU seconds,
+the largest cell per exercise and each test, written by ``python -m refimpl.grade --calibrate
+solutions/``; ``--timeout`` sets the floor, 10 s), with a wall-clock backstop
+(``max(30 s, 4 x`` the CPU limit``)``) against code that sleeps. CPU time hardly grows when
+other processes share the machine, so the solutions keep full marks on a loaded one. A cell
 that raises or runs past its limit is reported and the rest still runs; a test that
 crashes, exits or runs past its limit scores 0 and the others still run (a fresh sandbox
 if needed). Tests marked ``@points(n, long=True)`` run only with ``--long``.
@@ -34,6 +36,7 @@ The exit status is 0 whenever grading ran (whatever the score), 2 for a usage er
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Feedback, GradingTest, collect_tests
+from .runner import REFERENCE_HINT
 
 GRADING = Path(__file__).resolve().parent / "grading"
 DEFAULT_TESTS = GRADING
@@ -100,6 +104,12 @@ class NotebookResult:
 # --- learner text in the report -----------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f\u2028\u2029]")
+
+
+def _escape(text: str) -> str:
+    """Control characters (``\\r``, ANSI escapes, ...) as ``\\xNN``: no text in the report
+    can move the cursor or pass for a line of its own (newlines are indented by the report)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def learner_text(text: str, limit: int = MAX_FEEDBACK) -> str:
@@ -230,6 +240,70 @@ def grading_cells(nb: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     return cells, notes
 
 
+_REFERENCE_PATH = re.compile(r"(?:^|/)(?:refimpl|solutions)/")
+COPY_NOTE = (
+    "your notebook reaches for {what}: refimpl's reference implementation and the solutions "
+    "are not available while grading (only what the exercise gives): graded functions must "
+    "be your own"
+)
+
+
+def _in_tree(name: str, root: Path) -> bool:
+    """Is ``name`` (a module, or a module's top-level name) in the givens tree at ``root``?"""
+    parts = name.split(".")
+    path = root.joinpath(*parts)
+    if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+        return True
+    parent = root.joinpath(*parts[:-1])
+    source = parent.with_suffix(".py") if parent.with_suffix(".py").is_file() else None
+    source = source or (parent / "__init__.py" if (parent / "__init__.py").is_file() else None)
+    if source is None:
+        return False
+    try:
+        tree = ast.parse(source.read_text())
+    except (SyntaxError, ValueError, OSError):
+        return False
+    names = {n for stmt in tree.body for n in _top_level_names(stmt)}
+    return parts[-1] in names or "__getattr__" in names  # a lazy module: any name may be
+
+
+def _top_level_names(stmt: ast.stmt) -> list[str]:
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [stmt.name]
+    if isinstance(stmt, ast.Assign):
+        return [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return [(a.asname or a.name).split(".")[0] for a in stmt.names]
+    return []
+
+
+def reference_routes(cells: list[dict[str, Any]], givens: Path) -> list[str]:
+    """What the cells name of refimpl beyond the exercise's givens (the tree at ``givens``,
+    :mod:`refimpl.course.givens`), or of ``solutions/``:
+    imports, module names and paths in strings (``import_module``, ``open``, ``exec``). Read
+    here, in the grader, from the notebook's text: the learner cannot silence it."""
+    found: list[str] = []
+    for cell in cells:
+        try:
+            tree = ast.parse(cell["source"])
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name != "refimpl"]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value.strip()
+                if re.fullmatch(r"refimpl(\.\w+)+", text):
+                    names = [text]
+                elif _REFERENCE_PATH.search(text):
+                    found.append(repr(text[:60]))
+            found += [n for n in names if n.split(".")[0] == "refimpl" and not _in_tree(n, givens)]
+    return list(dict.fromkeys(found))
+
+
 def load_module(path: str | Path, name: str | None = None):
     """Import a grading module from its file (the package's or an instructor's folder)."""
     path = Path(path)
@@ -266,6 +340,44 @@ def calibration() -> dict[str, Any]:
 
 def cpu_limit(reference: float | None, floor: float) -> float:
     return max(floor, CPU_MULTIPLE * (reference or 0.0))
+
+
+CALIBRATION_FLOOR_S = 300.0  # generous limits while measuring the solutions
+
+
+def calibrate(
+    solutions: Path,
+    out: Path = CALIBRATION,
+    tests_dir: Path = DEFAULT_TESTS,
+    exercise: str | None = None,
+) -> dict:
+    """Grade the solutions with generous limits and write their CPU seconds to ``out``:
+    per exercise the largest cell (``cell_cpu_s``) and every test (``tests``); with
+    ``exercise``, only that one is measured (the others keep their numbers). Refuses to write
+    when a solution loses points (its times would not be the reference's)."""
+    try:
+        exercises: dict[str, Any] = json.loads(out.read_text()).get("exercises", {})
+    except (OSError, ValueError):
+        exercises = {}
+    results = grade(
+        [solutions], tests_dir=tests_dir, timeout=CALIBRATION_FLOOR_S, long=True, exercise=exercise
+    )
+    for r in results:
+        lost = [t.name for t in r.tests if t.score < t.max_score]
+        if r.exercise is None or lost or not r.tests:
+            raise RuntimeError(f"{r.path.name} does not score full marks ({lost or r.notes})")
+        exercises[r.exercise] = {
+            "cell_cpu_s": round(max((c["cpu_s"] for c in r.cells), default=0.0), 2),
+            "tests": {t.name: round(t.cpu_s, 2) for t in r.tests},
+        }
+    data = {
+        "about": "CPU seconds of the reference solutions (python -m refimpl.grade --calibrate "
+        f"solutions/); limits are max(floor, {CPU_MULTIPLE:g} x these)",
+        "cpus": os.cpu_count(),
+        "exercises": dict(sorted(exercises.items())),
+    }
+    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
 
 
 def wall_limit(cpu_s: float) -> float:
@@ -335,8 +447,10 @@ def grade_notebook(
     timeout: float = DEFAULT_TIMEOUT,
     long: bool = False,
     backend: str | None = None,
+    memory_gb: float | None = None,
 ) -> NotebookResult:
-    """Grade one notebook; never raises for anything that is wrong with the notebook."""
+    """Grade one notebook; never raises for anything that is wrong with the notebook.
+    ``memory_gb``: the sandbox's address space (default :class:`Limits`' 8 GB)."""
     start = time.monotonic()
     dirs = [tests_dir] + ([hidden_dir] if hidden_dir else [])
     exercise = exercise_of(path, dirs)
@@ -356,7 +470,13 @@ def grade_notebook(
         ex = load_exercise(exercise, modules, long)
     except Exception as e:  # a broken hidden module must not show its source to learners
         result.notes.append("the grading tests of this exercise could not be loaded")
-        print(f"grader: loading the tests of {exercise} failed: {e!r}", file=sys.stderr)
+        # stderr may reach learners too (Gradescope): the error's type and line, not its text
+        line = getattr(e, "lineno", None) or (e.__traceback__ and e.__traceback__.tb_lineno)
+        print(
+            f"grader: loading the tests of {exercise} failed: {type(e).__name__} (line "
+            f"{line}); import the module yourself to see why",
+            file=sys.stderr,
+        )
         return result
     result.skipped_long = ex.skipped_long
     number = exercise_number(exercise)
@@ -365,7 +485,7 @@ def grade_notebook(
             TestResult(f"{number}.{i}", t.name, t.title, t.points, visibility=visibility)
         )
     try:
-        _grade_into(result, path, ex, dirs, timeout, backend)
+        _grade_into(result, path, ex, dirs, timeout, backend, memory_gb)
     except Exception as e:  # a bug here or in a test module: the notebook still has its total
         result.notes.append(f"the grader failed on this notebook: {type(e).__name__}")
         print(f"grader: {path}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -383,6 +503,7 @@ def _grade_into(
     dirs: list[Path],
     floor: float,
     backend: str | None,
+    memory_gb: float | None = None,
 ) -> None:
     from . import givens
     from .sandbox import Limits, detect, secrets_to_hide
@@ -406,10 +527,15 @@ def _grade_into(
     calib = calibration().get(ex.name, {})
     cell_cpu = cpu_limit(calib.get("cell_cpu_s"), floor)
     limits = Limits()
+    if memory_gb:
+        limits.memory_bytes = int(memory_gb * (1 << 30))
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         runtime = Path(tmp)
         prepare_runtime(runtime)
         givens.build(runtime / "givens", ex.givens)
+        routes = reference_routes(cells, runtime / "givens")
+        if routes:
+            result.notes.append(COPY_NOTE.format(what=", ".join(routes[:3])))
         skipped = copy_submission(path.parent, runtime / "submission", limits.submission_bytes)
         if skipped:
             result.notes.append(
@@ -433,6 +559,14 @@ def _grade_into(
                     session.restart(cells, cell_cpu, wall_limit(cell_cpu))
         finally:
             session.stop()
+    if routes:
+        _add_to_failures(result, f"your notebook reaches for {routes[0]}: {REFERENCE_HINT}")
+
+
+def _add_to_failures(result: NotebookResult, note: str) -> None:
+    for t in result.tests if note else ():
+        if t.score < t.max_score and t.visibility == "visible":
+            t.output += f"\n  note: {note}"
 
 
 def _run_cells(session, cells, cpu_s: float, result: NotebookResult) -> list[str]:
@@ -460,15 +594,35 @@ def _crash_message(reaped: dict[str, Any] | None, cpu: float, limit: float) -> s
     return f"your code ended the process (exit status {reaped.get('exit')})"
 
 
+def _outcome(e: BaseException, limit: float, ref, hint: str, visibility: str) -> tuple[str, str]:
+    """``(status, feedback)`` for what a test raised (``crashed``: the grader asks the worker)."""
+    from .remote import LimitExceeded, ProtocolError, RemoteError, SandboxLost
+    from .session import limit_message
+
+    if isinstance(e, Feedback):
+        return "failed", str(e) or "failed"
+    if isinstance(e, RemoteError):
+        if e.timeout:
+            cpu = LimitExceeded("cpu", limit, limit, 0)
+            return "timeout", limit_message("your code", cpu, ref, hint)
+        return "error", learner_text(e.describe())
+    if isinstance(e, LimitExceeded):
+        return "timeout", limit_message("your code", e, ref, hint)
+    if isinstance(e, SandboxLost):
+        return "crashed", ""
+    if isinstance(e, ProtocolError):
+        return "error", f"the sandbox sent what the grader does not accept ({e}): 0 points"
+    if isinstance(e, AssertionError):  # a plain assert in a test module
+        return "failed", f"a check failed: {e}" if str(e) else "a check failed"
+    # the test (trusted code) failed on what the learner's code gave it; a hidden test's
+    # message may quote the hidden test itself
+    if visibility == "hidden":
+        return "error", HIDDEN_ERROR.format(type(e).__name__)
+    return "error", f"{type(e).__name__}: {e}"[:MAX_FEEDBACK]
+
+
 def _run_test(session, test, tr: TestResult, cell_errors, limit, ref, hint, visibility) -> None:
-    from .remote import (
-        Budget,
-        LimitExceeded,
-        ProtocolError,
-        RemoteError,
-        RemoteSubmission,
-        SandboxLost,
-    )
+    from .remote import Budget, LimitExceeded, RemoteSubmission
     from .session import limit_message
 
     budget = Budget(session.sandbox, limit + 2.0, wall_limit(limit))
@@ -478,29 +632,8 @@ def _run_test(session, test, tr: TestResult, cell_errors, limit, ref, hint, visi
         link, token = session.test_link(budget, limit)
         sub = RemoteSubmission(link, budget, cell_errors)
         test.fn(sub)
-    except Feedback as e:
-        status, output = "failed", str(e) or "failed"
-    except RemoteError as e:
-        if e.timeout:
-            status = "timeout"
-            output = limit_message("your code", LimitExceeded("cpu", limit, limit, 0), ref, hint)
-        else:
-            status, output = "error", learner_text(e.describe())
-    except LimitExceeded as e:
-        status, output = "timeout", limit_message("your code", e, ref, hint)
-    except SandboxLost:
-        status = "crashed"
-    except ProtocolError as e:
-        status, output = (
-            "error",
-            f"the sandbox sent what the grader does not accept ({e}): 0 points",
-        )
-    except AssertionError as e:  # a plain assert in a test module
-        status, output = "failed", f"a check failed: {e}" if str(e) else "a check failed"
-    except Exception as e:  # the test (trusted code) failed on what the learner's code gave it
-        status, output = "error", f"{type(e).__name__}: {e}"[:MAX_FEEDBACK]
-        if visibility == "hidden":
-            output = HIDDEN_ERROR.format(type(e).__name__)
+    except Exception as e:
+        status, output = _outcome(e, limit, ref, hint, visibility)
     finally:
         if link is not None:
             link.close()
@@ -511,10 +644,8 @@ def _run_test(session, test, tr: TestResult, cell_errors, limit, ref, hint, visi
         if status == "crashed":
             status, output = "error", _crash_message(reaped, tr.cpu_s, limit)
             if "CPU time" in output:
-                status, output = (
-                    "timeout",
-                    limit_message("your code", LimitExceeded("cpu", limit, tr.cpu_s, 0), ref, hint),
-                )
+                cpu = LimitExceeded("cpu", limit, tr.cpu_s, 0)
+                status, output = "timeout", limit_message("your code", cpu, ref, hint)
     elif status == "crashed":
         status, output, lost = "error", "the sandbox could not start this test", True
     printed = "".join(sub.printed) if sub is not None else ""
@@ -548,6 +679,7 @@ def grade(
     long: bool = False,
     backend: str | None = None,
     exercise: str | None = None,
+    memory_gb: float | None = None,
 ) -> list[NotebookResult]:
     """Grade every notebook under ``paths``; one notebook's trouble never stops the others.
 
@@ -561,7 +693,12 @@ def grade(
     # A folder may hold two notebooks for one exercise (a copy): grade the one named exactly.
     notebooks.sort(key=lambda p: (exercise_of(p, dirs) != p.stem, str(p)))
     kwargs = dict(
-        tests_dir=tests_dir, hidden_dir=hidden_dir, timeout=timeout, long=long, backend=backend
+        tests_dir=tests_dir,
+        hidden_dir=hidden_dir,
+        timeout=timeout,
+        long=long,
+        backend=backend,
+        memory_gb=memory_gb,
     )
     todo = []
     for nb in notebooks:
@@ -629,7 +766,7 @@ def report(results: list[NotebookResult], *, show_hidden: bool = False) -> str:
     for r in results:
         lines.append(f"== {r.exercise or '(not graded)'}  ({r.path})")
         for n in r.notes:
-            first, *rest = str(n).splitlines() or [""]
+            first, *rest = _escape(n).splitlines() or [""]
             lines.append(f"   note: {first}")
             lines.extend(f"         {line}" for line in rest)
         hidden = [t for t in r.tests if t.visibility == "hidden"]
@@ -640,7 +777,7 @@ def report(results: list[NotebookResult], *, show_hidden: bool = False) -> str:
             tag = " (hidden)" if t.visibility == "hidden" else ""
             lines.append(f"   {mark} {_pts(t.score):>3}/{_pts(t.max_score):<3} {t.title}{tag}")
             if t.score < t.max_score and t.output:
-                lines.extend("             " + line for line in t.output.splitlines())
+                lines.extend("             " + line for line in _escape(t.output).splitlines())
         if hidden and not show_hidden:
             lines.append(f"   (+ {len(hidden)} hidden tests, reported in results.json)")
         if r.skipped_long:
@@ -667,7 +804,7 @@ def results_json(results: list[NotebookResult], seconds: float) -> dict[str, Any
                     "number": t.number,
                     "score": float(t.score),
                     "max_score": float(t.max_score),
-                    "output": t.output if t.score < t.max_score else "",
+                    "output": _escape(t.output) if t.score < t.max_score else "",
                     "visibility": t.visibility,
                 }
             )
@@ -678,7 +815,7 @@ def results_json(results: list[NotebookResult], seconds: float) -> dict[str, Any
                     "number": "0",
                     "score": 0.0,
                     "max_score": 0.0,
-                    "output": "\n".join(r.notes),
+                    "output": _escape("\n".join(r.notes)),
                     "visibility": "visible",
                 }
             )
@@ -713,7 +850,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exercise", metavar="NAME", help="grade only this exercise")
     parser.add_argument("--sandbox", choices=("bwrap", "unshare", "none"), help="force a backend")
     parser.add_argument("--show-hidden", action="store_true", help="print hidden tests too")
+    parser.add_argument(
+        "--memory", type=float, metavar="GB", help="address space of each sandbox (default 8)"
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help=f"grade the solutions under PATH and write {CALIBRATION.name}",
+    )
     args = parser.parse_args(argv)
+    if args.calibrate:
+        data = calibrate(args.paths[0], tests_dir=args.tests, exercise=args.exercise)
+        print(json.dumps(data["exercises"], indent=1))
+        return 0
 
     for p in [*args.paths, args.tests] + ([args.hidden] if args.hidden else []):
         if not p.exists():
@@ -728,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         long=args.long,
         backend=args.sandbox,
         exercise=args.exercise,
+        memory_gb=args.memory,
     )
     if not results:
         parser.error(f"no notebooks under {', '.join(map(str, args.paths))}")

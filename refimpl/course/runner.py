@@ -146,6 +146,9 @@ def limit_child_cpu(seconds: float) -> None:
 # --- describing the learner's exceptions ----------------------------------------------------
 
 
+_CELL_NAMES: dict[str, str] = {}  # "<code cell 6>" -> 'code cell 6 ("def roi_pool...")'
+
+
 def _learner_frames(tb: types.TracebackType | None) -> list[traceback.FrameSummary]:
     return [f for f in traceback.extract_tb(tb) if f.filename.startswith(CELL_FILE_PREFIX)]
 
@@ -174,7 +177,7 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
         head = f"{name}: {text}" if text else name
     where = []
     for f in frames[-3:]:
-        spot = f"{f.filename[1:-1]}, line {f.lineno}"
+        spot = f"{_CELL_NAMES.get(f.filename, f.filename[1:-1])}, line {f.lineno}"
         if f.name != "<module>":
             spot += f", in {f.name}"
         where.append(f"{spot}: {(f.line or '').strip()}"[:300])
@@ -235,6 +238,7 @@ def run_cell(namespace: dict[str, Any], cell: dict[str, Any], cpu_s: float | Non
     source = cell["source"]
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     name = cell.get("name") or filename[1:-1]
+    _CELL_NAMES[filename] = name  # as JupyterLab shows it: the n-th code cell, its first line
     report: dict[str, Any] = {"status": "ok", "error": None}
     with captured() as sink:
         try:
