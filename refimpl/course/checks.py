@@ -223,6 +223,9 @@ def _key(v: Any) -> tuple | None:
     return None
 
 
+NAME = "<name>"  # in a one-array recipe: the name describe() gives it
+
+
 def _remember(arrays: dict[str, np.ndarray], recipe: str) -> None:
     for var, arr in arrays.items():
         _RECIPES[_key(arr)] = (weakref.ref(arr), var, recipe)
@@ -278,6 +281,9 @@ def literal(v: Any) -> str:
     return repr(v)
 
 
+MAX_LITERAL = 100  # values of an array that feedback prints as a literal
+
+
 def describe(fn: str | None = None, /, **arguments: Any) -> str:
     """How to rebuild a call's inputs (and, with ``fn``, make the call) in a notebook:
     arrays from :func:`case` by their recipe, small ones as literals, others by shape."""
@@ -288,10 +294,12 @@ def describe(fn: str | None = None, /, **arguments: Any) -> str:
         tensor = _key(v) is not None and not isinstance(v, np.ndarray)
         if recipe is not None:
             var, line = recipe
+            if var == NAME:  # a recipe for one array: it takes the argument's name
+                var, line = name, line.replace(NAME, name)
             if line not in setup:
                 setup.append(line)
             call.append(f"torch.from_numpy({var})" if tensor else var)
-        elif _key(v) is not None and int(np.prod(tuple(v.shape))) <= 64:
+        elif _key(v) is not None and int(np.prod(tuple(v.shape))) <= MAX_LITERAL:
             setup.append(f"{name} = {literal(v)}")
             call.append(name)
         elif _key(v) is not None:
@@ -301,7 +309,7 @@ def describe(fn: str | None = None, /, **arguments: Any) -> str:
             call.append(name)
         else:
             call.append(repr(v))
-    if any("checks.case(" in line for line in setup):
+    if any("checks." in line for line in setup):
         setup.insert(0, "from refimpl.course import checks")
     if fn is None:
         return "inputs:\n" + "\n".join(
@@ -383,15 +391,16 @@ def check_array(
 def likely_cause(
     got: np.ndarray, hints: list[tuple[str, Callable[[], Any]]], rtol: float, atol: float
 ) -> str | None:
-    """The first hint whose typical-bug output ``got`` equals."""
+    """The hints whose typical-bug output ``got`` equals (several can on small inputs)."""
+    causes = []
     for cause, variant in hints:
         try:
             v = np.asarray(variant(), dtype=np.float64)
         except Exception:  # a variant that cannot be computed for these inputs
             continue
         if v.shape == got.shape and np.allclose(got, v, rtol=rtol, atol=atol, equal_nan=True):
-            return cause
-    return None
+            causes.append(cause)
+    return "; or ".join(causes) or None
 
 
 def check_equal(got: Any, expected: Any, what: str, *, inputs: str = "") -> None:
@@ -429,6 +438,7 @@ def random_rois(
     ``min_size`` feature pixels to ``max_size`` of the map. Coordinates are continuous
     random floats: floor/ceil/round are (almost surely) never at a tie.
     """
+    where = _rng_source(rng)
     img_h, img_w = height / spatial_scale, width / spatial_scale
     rois = np.empty((k, 5))
     rois[:, 0] = rng.integers(0, n_images, k)
@@ -437,6 +447,12 @@ def random_rois(
         span = rng.uniform(min_size / spatial_scale, max_size * extent, k)
         rois[:, column] = lo
         rois[:, column + 2] = lo + span
+    if where:
+        extra = dict(spill=spill, min_size=min_size, max_size=max_size)
+        extra = {k_: v for k_, v in extra.items() if v != _ROI_DEFAULTS[k_]}
+        args = ", ".join([repr(a) for a in (k, n_images, height, width, spatial_scale)])
+        args += "".join(f", {k_}={v!r}" for k_, v in extra.items())
+        _remember({NAME: rois}, f"{NAME} = checks.random_rois({where}, {args})")
     return rois
 
 
@@ -444,9 +460,46 @@ def random_features(
     rng: np.random.Generator, n: int, c: int, h: int, w: int, dtype: Any = np.float64
 ) -> np.ndarray:
     """Distinct values (no ties, so every max has one winner), in ``dtype``."""
+    where = _rng_source(rng)
     values = rng.permutation(n * c * h * w).astype(np.float64)
     values = (values + rng.uniform(0.05, 0.95, values.shape)) / (n * c * h * w)
-    return (values * 4 - 2).reshape(n, c, h, w).astype(dtype)
+    out = (values * 4 - 2).reshape(n, c, h, w).astype(dtype)
+    if where:
+        kind = "" if np.dtype(dtype) == np.float64 else f", np.{np.dtype(dtype).name}"
+        _remember(
+            {NAME: out}, f"{NAME} = checks.random_features({where}, {n}, {c}, {h}, {w}{kind})"
+        )
+    return out
+
+
+_ROI_DEFAULTS = {"spill": 0.3, "min_size": 0.3, "max_size": 0.8}
+
+
+def _rng_source(rng: Any) -> str | None:
+    """Python source for a generator in ``rng``'s present state (feedback: the inputs of a
+    test drawn from a generator already used are rebuilt exactly), or None."""
+    try:
+        state = rng.bit_generator.state
+        if state["bit_generator"] != "PCG64":
+            return None
+        args = f"{state['state']['state']:#x}, {state['state']['inc']:#x}"
+        if state["has_uint32"]:  # half of a 64-bit draw kept for the next 32-bit one
+            args += f", {state['uinteger']:#x}"
+        return f"checks.rng_at({args})"
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def rng_at(state: int, inc: int, uinteger: int | None = None) -> np.random.Generator:
+    """A NumPy generator (PCG64) in the given state: what feedback's recipes draw from."""
+    bits = np.random.PCG64()
+    bits.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": state, "inc": inc},
+        "has_uint32": int(uinteger is not None),
+        "uinteger": uinteger or 0,
+    }
+    return np.random.Generator(bits)
 
 
 def ref_bilinear(features: np.ndarray, y: float, x: float) -> np.ndarray:

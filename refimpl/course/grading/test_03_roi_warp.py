@@ -49,6 +49,7 @@ def forward_case(sub, x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1
         x.copy(), rois.copy(), output_size, spatial_scale, sampling_ratio, mode
     )
     inputs = describe(
+        "roi_warp_forward",
         x=x,
         rois=rois,
         output_size=output_size,

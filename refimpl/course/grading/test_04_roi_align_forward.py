@@ -12,6 +12,7 @@ import numpy as np
 
 from refimpl.course.checks import (
     as_array,
+    case,
     check_array,
     check_unchanged,
     describe,
@@ -47,6 +48,7 @@ def forward_case(
     expected = ref_forward(x, rois, *args)
     got = sub.roi_align_forward(x.copy(), rois.copy(), *args)
     inputs = describe(
+        "roi_align_forward",
         x=x,
         rois=rois,
         output_size=output_size,
@@ -55,7 +57,35 @@ def forward_case(
         aligned=aligned,
         pool_mode=mode,
     )
-    check_array(got, expected, "roi_align_forward", rtol=tol, atol=tol, inputs=inputs, rois=rois)
+    hints = forward_hints(x, rois, expected, *args)
+    check_array(got, expected, "y", rtol=tol, atol=tol, inputs=inputs, rois=rois, hints=hints)
+
+
+def forward_hints(x, rois, expected, output_size, spatial_scale, ratio, aligned, mode):
+    """Likely causes, each with what that mistake computes."""
+    moved = rois.astype(np.float64)  # the box as the missing (or extra) offset samples it
+    moved[:, 1:] += (0.5 if aligned else -0.5) / spatial_scale
+    args = (output_size, spatial_scale, ratio, aligned, mode)
+    hints = [
+        (
+            "the half-pixel offset: aligned=True samples at x * spatial_scale - 0.5 "
+            "(pixel centres), aligned=False without that shift",
+            lambda: ref_forward(x, moved.astype(x.dtype), *args),
+        )
+    ]
+    if mode == "avg":
+        ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+        F = np.float64
+
+        def summed():
+            counts = [
+                geometry.align_box(F, *map(F, r[1:]), F(spatial_scale), aligned, ph, pw, ratio)[6]
+                for r in rois
+            ]
+            return expected * np.asarray(counts).reshape(-1, 1, 1, 1)
+
+        hints.append(("avg: divide the sum of a bin's samples by their count", summed))
+    return hints
 
 
 @points(2)
@@ -109,16 +139,16 @@ def sample_coords_case(sub, start, roi_size, pooled, ratio):
 @points(1)
 def test_sample_coords_fixed(sub):
     """sample_coords: a fixed sampling_ratio"""
-    for case in [(0.0, 4.0, 2, 2), (1.25, 3.0, 3, 1), (-2.5, 7.3, 2, 3), (4.0, 0.5, 4, 2)]:
-        sample_coords_case(sub, *case)
+    for args in [(0.0, 4.0, 2, 2), (1.25, 3.0, 3, 1), (-2.5, 7.3, 2, 3), (4.0, 0.5, 4, 2)]:
+        sample_coords_case(sub, *args)
 
 
 @points(2)
 def test_sample_coords_adaptive(sub):
     """sample_coords: adaptive grids (ceil(roi_size / pooled)), empty for negative sizes"""
-    for case in [(1.0, 3.0, 2, -1), (0.0, 7.2, 3, 0), (2.5, 0.5, 3, 0), (0.3, 9.0, 3, -1),
+    for args in [(1.0, 3.0, 2, -1), (0.0, 7.2, 3, 0), (2.5, 0.5, 3, 0), (0.3, 9.0, 3, -1),
                  (1.0, -2.0, 2, -1), (0.0, 0.0, 2, 0)]:  # fmt: skip
-        sample_coords_case(sub, *case)
+        sample_coords_case(sub, *args)
 
 
 @points(2)
@@ -141,29 +171,23 @@ def test_forward_known_answer(sub):
 @points(3)
 def test_forward_random(sub):
     """forward avg, not aligned, adaptive: random maps and boxes, scale 1/2, 3x2 bins"""
-    rng = np.random.default_rng(41)
-    for _ in range(2):
-        x = random_features(rng, 2, 3, 8, 9)
-        rois = random_rois(rng, 6, 2, 8, 9, 0.5)
+    for seed in (41, 141):
+        x, rois = case(seed=seed, n=2, c=3, h=8, w=9, k=6, spatial_scale=0.5)
         forward_case(sub, x, rois, (3, 2), 0.5)
 
 
 @points(2)
 def test_forward_random_aligned(sub):
     """forward avg, aligned, adaptive: random maps and boxes, scale 1/4"""
-    rng = np.random.default_rng(42)
-    for _ in range(2):
-        x = random_features(rng, 2, 3, 8, 9)
-        rois = random_rois(rng, 6, 2, 8, 9, 0.25, min_size=1.5)
+    for seed in (42, 142):
+        x, rois = case(seed=seed, n=2, c=3, h=8, w=9, k=6, spatial_scale=0.25, min_size=1.5)
         forward_case(sub, x, rois, (2, 3), 0.25, aligned=True)
 
 
 @points(1)
 def test_forward_sampling_ratio(sub):
     """forward: fixed sampling_ratio 1 and 2, aligned or not, avg and max"""
-    rng = np.random.default_rng(43)
-    x = random_features(rng, 1, 2, 7, 7)
-    rois = random_rois(rng, 5, 1, 7, 7, 0.5, min_size=1.5)
+    x, rois = case(seed=43, n=1, c=2, h=7, w=7, k=5, spatial_scale=0.5, min_size=1.5)
     for ratio in (1, 2):
         for aligned in (False, True):
             for mode in ("avg", "max"):
@@ -173,9 +197,7 @@ def test_forward_sampling_ratio(sub):
 @points(2)
 def test_forward_max(sub):
     """forward max: random maps and boxes, adaptive, aligned or not"""
-    rng = np.random.default_rng(44)
-    x = random_features(rng, 2, 3, 8, 8)
-    rois = random_rois(rng, 6, 2, 8, 8, 0.5, min_size=1.5)
+    x, rois = case(seed=44, n=2, c=3, h=8, w=8, k=6, spatial_scale=0.5, min_size=1.5)
     forward_case(sub, x, rois, 3, 0.5, -1, False, "max")
     forward_case(sub, x, rois, 3, 0.5, -1, True, "max")
 
@@ -193,8 +215,7 @@ def test_forward_max_outside(sub):
 @points(1)
 def test_forward_malformed_boxes(sub):
     """forward: tiny and inverted boxes (1x1 when not aligned, empty grid -> 0 when aligned)"""
-    rng = np.random.default_rng(46)
-    x = random_features(rng, 1, 2, 6, 6)
+    x, _ = case(seed=46, n=1, c=2, h=6, w=6, k=0)
     rois = np.array([[0, 2.2, 2.2, 2.4, 2.3], [0, 4.0, 3.0, 1.0, 1.0], [0, 3.0, 1.0, 3.0, 5.0]])
     for aligned in (False, True):
         for mode in ("avg", "max"):
@@ -204,16 +225,16 @@ def test_forward_malformed_boxes(sub):
 @points(1)
 def test_forward_no_rois(sub):
     """forward: no RoIs gives an empty [0, C, PH, PW] output"""
-    x = random_features(np.random.default_rng(47), 2, 3, 4, 5)
-    forward_case(sub, x, np.zeros((0, 5)), (2, 3))
+    x, rois = case(seed=47, n=2, c=3, h=4, w=5, k=0)
+    forward_case(sub, x, rois, (2, 3))
 
 
 @points(1)
 def test_forward_float32(sub):
     """forward: float32 in, float32 out"""
-    rng = np.random.default_rng(48)
-    x = random_features(rng, 2, 3, 6, 7, np.float32)
-    rois = random_rois(rng, 4, 2, 6, 7, 0.5, min_size=1.5).astype(np.float32)
+    x, rois = case(
+        seed=48, n=2, c=3, h=6, w=7, k=4, spatial_scale=0.5, dtype="float32", min_size=1.5
+    )
     forward_case(sub, x, rois, 2, 0.5, -1, False, "avg")
     forward_case(sub, x, rois, 2, 0.5, 2, True, "max")
 

@@ -64,6 +64,7 @@ def backward_case(
     expected = ref_backward(x, rois, grad, *args)
     got = sub.roi_align_backward(x.copy(), rois.copy(), grad.copy(), *args)
     inputs = describe(
+        "roi_align_backward",
         x=x,
         rois=rois,
         grad_output=grad,

@@ -52,7 +52,12 @@ def forward_case(sub, x, rois, output_size, spatial_scale=1.0, aligned=False):
     expected = ref_forward(x, rois, output_size, spatial_scale, aligned)
     got = sub.prroi_pool_forward(x.copy(), rois.copy(), output_size, spatial_scale, aligned)
     inputs = describe(
-        x=x, rois=rois, output_size=output_size, spatial_scale=spatial_scale, aligned=aligned
+        "prroi_pool_forward",
+        x=x,
+        rois=rois,
+        output_size=output_size,
+        spatial_scale=spatial_scale,
+        aligned=aligned,
     )
     check_array(got, expected, "y", rtol=tol, atol=tol, inputs=inputs, rois=rois)
 
