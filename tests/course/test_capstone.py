@@ -176,3 +176,19 @@ def test_the_learners_parts_run_the_trained_weights(solved):
     assert model.parts is solved.parts or model.parts.mine() == solved.parts.mine()
     with pytest.raises(TypeError, match="parts must be a Parts"):
         capstone.trained_model(None)
+
+
+def test_the_long_tier_trains_with_the_learners_parts_and_reports_the_ap(monkeypatch):
+    """The --long grading test's path, at a toy size (1 iteration: the AP is far below)."""
+    from refimpl.course.checks import Feedback
+    from refimpl.course.grading import test_14_capstone as grading
+    from refimpl.course.grading.conftest import load_solution
+
+    sub = load_solution("14_capstone")
+    monkeypatch.setitem(grading.LONG, "train_images", 4)
+    monkeypatch.setitem(grading.LONG, "val_images", 2)
+    monkeypatch.setitem(grading.LONG, "seconds", 1e-3)
+    with pytest.raises(
+        Feedback, match=r"after 1 iterations .* mask AP 0\.\d+, AP50 0\.\d+; the target"
+    ):
+        grading.test_training_target(sub)

@@ -16,6 +16,9 @@ refimpl's draw advances it (see :func:`part`).
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
@@ -108,3 +111,40 @@ def test_gradcheck_features(sub):
 def test_gradcheck_model(sub):
     """gradcheck: a tiny model with your parts, end to end w.r.t. its parameters"""
     _gradcheck(capstone.gradcheck_model, sub, "the tiny model's losses w.r.t. its parameters")
+
+
+# --- the long tier (--long): the training target ---------------------------------------------
+
+# The demo's recipe (refimpl.engine.config.PRESETS["shapes-demo"]: maskrcnn_small from
+# scratch, batch 8, lr 0.04, cosine, clipped gradients) for a fixed time, with the learner's
+# parts, then COCO mask AP on the validation images. NOT YET CALIBRATED: with refimpl's parts
+# this recipe reaches mask AP ~0.5 in ~10 min on 2 idle cores (the preset's note); with the
+# learner's parts each iteration measured 1.9x slower in-process (3.7 s vs 1.9 s at batch 8 on
+# a loaded 2-core machine; the NumPy RoIAlign and the Python NMS), and calls through the
+# sandbox add to that: whether 15 minutes reach the target is not measured.
+LONG = {"train_images": 2000, "val_images": 200, "seconds": 900.0, "ap": 0.5, "ap50": 0.85}
+
+
+@pytest.mark.skipif(os.environ.get("REFIMPL_GRADE_LONG") != "1", reason="the long tier: 15 min")
+@points(5, timeout=3600, long=True)
+def test_training_target(sub):
+    """--long: trained with your parts, your model reaches mask AP >= 0.5, AP50 >= 0.85"""
+    import tempfile
+    from pathlib import Path
+
+    from refimpl.data import write_shapes_dataset
+    from refimpl.engine.config import PRESETS
+
+    with tempfile.TemporaryDirectory(prefix="capstone-long-") as tmp:
+        data = Path(tmp) / "data"
+        write_shapes_dataset(data, train=LONG["train_images"], val=LONG["val_images"], seed=0)
+        recipe = {k: v for k, v in PRESETS["shapes-demo"].items() if k != "model"}
+        recipe.update(time_budget_s=LONG["seconds"], progress=False)
+        summary = capstone.train(learner_parts(sub), data, Path(tmp) / "run", **recipe)
+    segm = summary.get("segm") or {}
+    ap, ap50 = segm.get("AP", 0.0), segm.get("AP50", 0.0)
+    if ap < LONG["ap"] or ap50 < LONG["ap50"]:
+        fail(
+            f"after {summary.get('iteration')} iterations ({LONG['seconds']:.0f} s): mask AP "
+            f"{ap:.3f}, AP50 {ap50:.3f}; the target is AP >= {LONG['ap']}, AP50 >= {LONG['ap50']}"
+        )
