@@ -56,6 +56,15 @@ MUTATIONS = [
 ]
 
 
+def _mutated_copy(folder, notebook, grade_id, replacements) -> None:
+    """The solutions 08-12 and 14 in ``folder``, one cell of ``notebook`` edited."""
+    for name in NOTEBOOKS:
+        shutil.copy(SOLUTIONS / f"{name}.ipynb", folder)
+    nb = load_json(folder / f"{notebook}.ipynb")
+    edit(nb, grade_id, replacements)
+    write(nb, folder, notebook)
+
+
 @pytest.fixture
 def restore_solutions_op():
     """The mutated copy of exercise 8 registers mycourse::roi_align anew (torch ops are
@@ -70,12 +79,7 @@ def restore_solutions_op():
 def test_a_planted_bug_fails_parity_and_names_the_part(
     tmp_path, part, notebook, grade_id, replacements
 ):
-    for name in NOTEBOOKS:
-        shutil.copy(SOLUTIONS / f"{name}.ipynb", tmp_path)
-    nb = load_json(tmp_path / f"{notebook}.ipynb")
-    edit(nb, grade_id, replacements)
-    write(nb, tmp_path, notebook)
-
+    _mutated_copy(tmp_path, notebook, grade_id, replacements)
     assembly = capstone.parts_from_notebooks(tmp_path)
     assert assembly.fallbacks == {}  # the bug keeps the contract: only values differ
     report = capstone.parity(assembly.parts)
@@ -104,11 +108,7 @@ LOST = {
 def test_a_planted_bug_loses_exactly_its_tests_in_the_grader(
     tmp_path, part, notebook, grade_id, replacements
 ):
-    for name in NOTEBOOKS:
-        shutil.copy(SOLUTIONS / f"{name}.ipynb", tmp_path)
-    nb = load_json(tmp_path / f"{notebook}.ipynb")
-    edit(nb, grade_id, replacements)
-    write(nb, tmp_path, notebook)
+    _mutated_copy(tmp_path, notebook, grade_id, replacements)
     result = grade_notebook(tmp_path / "14_capstone.ipynb")
     assert result.tests and not result.notes, result.notes
     assert failed(result) == LOST[part]
