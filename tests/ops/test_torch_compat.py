@@ -101,6 +101,38 @@ def test_poolers_script_and_trace(name):
     torch.jit.script(pooler)
 
 
+class _CallsEveryFunction(torch.nn.Module):
+    """User code that calls the public functions by attribute, from a module that did not
+    ``torch.fx.wrap`` them."""
+
+    def forward(self, x, rois, box_list, boxes, scores, idxs):
+        return (
+            ops.roi_align(x, rois, [3, 2], 0.5, 2, True),
+            ops.roi_align(x, box_list, 2),
+            ops.roi_pool(x, rois, [3, 2], 0.5),
+            ops.roi_warp(x, rois, 2, 1.0, 2),
+            ops.prroi_pool(x, box_list, 2, 1.0, True),
+            ops.nms(boxes, scores, 0.5),
+            ops.batched_nms(boxes, scores, idxs, 0.5),
+            ops.box_iou(boxes, boxes[:2]),
+            ops.convert_boxes_to_roi_format(box_list),
+        )
+
+
+def test_functions_are_fx_leaves_from_any_module():
+    """Each public function is one node of the traced graph wherever it is called from
+    (torchvision's trace into their bodies, or fail), and the graph gives eager's output."""
+    module = _CallsEveryFunction()
+    args = (X, ROIS, BOX_LIST, BOXES, SCORES, IDXS)
+    traced = torch.fx.symbolic_trace(module)
+    calls = [n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"]
+    ours = [c for c in calls if c != "getitem"]  # (boxes[:2] is a node too)
+    assert ours == ["roi_align", "roi_align", "roi_pool", "roi_warp", "prroi_pool", "nms",
+                    "batched_nms", "box_iou", "convert_boxes_to_roi_format"], calls  # fmt: skip
+    for got, want in zip(traced(*args), module(*args), strict=True):
+        _same(got, want)
+
+
 def test_graph_node_names_of_multiscale_roi_align():
     """torchvision's feature-extraction helper walks the pooler as it does its own."""
     fe = pytest.importorskip("torchvision.models.feature_extraction")

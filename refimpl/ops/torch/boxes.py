@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import TypeRuntimeError, ValueIndexError, ValueRuntimeError
 from . import cuda_kernels
-from .checks import check_float_tensor, check_same_device, compute_dtype
+from .checks import check_float_tensor, check_same_device, compute_dtype, fx_leaf
 from .cpu_kernels import as_numpy, cpu_backend
 
 __all__ = ["batched_nms", "box_iou", "nms"]
@@ -109,6 +109,17 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     float16/bfloat16 boxes are compared in float32; scores are cast to the boxes' dtype.
     """
     if not torch.jit.is_scripting():
+        traced = fx_leaf(
+            nms,
+            (
+                boxes,
+                scores,
+                iou_threshold,
+            ),
+        )
+        if traced is not None:
+            return traced  # type: ignore[return-value]
+    if not torch.jit.is_scripting():
         _check_nms(boxes, scores)
         iou_threshold = _check_threshold(iou_threshold)
     return torch.ops.refimpl.nms(boxes, scores.to(boxes.dtype), iou_threshold)
@@ -137,6 +148,18 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     would let categories overlap). Returns int64 indices by decreasing score; no boxes (of
     any dtype, whatever ``scores`` and ``idxs`` are): an empty int64 tensor, as torchvision.
     """
+    if not torch.jit.is_scripting():
+        traced = fx_leaf(
+            batched_nms,
+            (
+                boxes,
+                scores,
+                idxs,
+                iou_threshold,
+            ),
+        )
+        if traced is not None:
+            return traced  # type: ignore[return-value]
     if not torch.jit.is_scripting() and not isinstance(boxes, Tensor):
         raise TypeRuntimeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
     if boxes.numel() == 0:
@@ -171,6 +194,16 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     default float dtype); float16/bfloat16 are computed in float32 and cast back. Not
     differentiable (an IoU loss should use torch arithmetic).
     """
+    if not torch.jit.is_scripting():
+        traced = fx_leaf(
+            box_iou,
+            (
+                boxes1,
+                boxes2,
+            ),
+        )
+        if traced is not None:
+            return traced  # type: ignore[return-value]
     if not torch.jit.is_scripting():
         for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
             if not isinstance(b, Tensor):

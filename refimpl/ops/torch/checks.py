@@ -125,3 +125,15 @@ def check_argmax(argmax: object, grad: Tensor) -> Tensor:
         )
     check_same_device("grad", grad, {"argmax": argmax})
     return argmax
+
+
+def fx_leaf(fn, args: tuple) -> object | None:
+    """Under ``torch.fx.symbolic_trace``, a call whose arguments hold a Proxy (directly or in
+    a list): the one graph node ``fn(*args)``, so that the public functions are leaves when
+    called from any traced code (``torch.fx.wrap`` covers only calls from the module that
+    wraps them). None otherwise. Eager only: the callers skip it in TorchScript."""
+    for a in args:
+        for item in a if isinstance(a, (list, tuple)) else (a,):
+            if isinstance(item, torch.fx.Proxy):
+                return item.tracer.create_proxy("call_function", fn, args, {})
+    return None

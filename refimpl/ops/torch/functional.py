@@ -21,7 +21,13 @@ from torch import Tensor
 from torch.jit.annotations import BroadcastingList2
 
 from ..errors import TypeAssertionError, ValueAssertionError, ValueIndexError
-from .checks import check_float_tensor, check_roi_params, check_same_device, compute_dtype
+from .checks import (
+    check_float_tensor,
+    check_roi_params,
+    check_same_device,
+    compute_dtype,
+    fx_leaf,
+)
 
 __all__ = ["convert_boxes_to_roi_format", "prroi_pool", "roi_align", "roi_pool", "roi_warp"]
 
@@ -65,6 +71,10 @@ def convert_boxes_to_roi_format(boxes: list[Tensor]) -> Tensor:
     bfloat16 has no integer above 256 to hold a batch index (float16: above 2048), where
     torchvision's rounds the 257th image's index to 256. An empty list gives ``[0, 5]``.
     """
+    if not torch.jit.is_scripting():
+        traced = fx_leaf(convert_boxes_to_roi_format, (boxes,))
+        if traced is not None:
+            return traced  # type: ignore[return-value]
     if not torch.jit.is_scripting():
         _check_box_list(boxes, None)
     _check_box_shapes(boxes)
@@ -134,6 +144,21 @@ def roi_align(
         Differentiable with respect to ``input`` only.
     """
     if not torch.jit.is_scripting():
+        traced = fx_leaf(
+            roi_align,
+            (
+                input,
+                boxes,
+                output_size,
+                spatial_scale,
+                sampling_ratio,
+                aligned,
+                pool_mode,
+            ),
+        )
+        if traced is not None:
+            return traced  # type: ignore[return-value]
+    if not torch.jit.is_scripting():
         check_float_tensor("input", input, ndim=4)
         pooled, spatial_scale, sampling_ratio, aligned, pool_mode = check_roi_params(
             output_size, spatial_scale, sampling_ratio, aligned, pool_mode
@@ -162,6 +187,18 @@ def roi_pool(
     back); the gradient of each bin goes to its first maximum (Fast R-CNN eq. 4).
     """
     if not torch.jit.is_scripting():
+        traced = fx_leaf(
+            roi_pool,
+            (
+                input,
+                boxes,
+                output_size,
+                spatial_scale,
+            ),
+        )
+        if traced is not None:
+            return traced  # type: ignore[return-value]
+    if not torch.jit.is_scripting():
         check_float_tensor("input", input, ndim=4)
         pooled, spatial_scale, _, _, _ = check_roi_params(output_size, spatial_scale)
         output_size = list(pooled)
@@ -185,6 +222,20 @@ def roi_warp(
     Arguments as in :func:`roi_align`. Returns ``[K, C, PH, PW]`` in input's dtype
     (float16/bfloat16 computed in float32 and cast back).
     """
+    if not torch.jit.is_scripting():
+        traced = fx_leaf(
+            roi_warp,
+            (
+                input,
+                boxes,
+                output_size,
+                spatial_scale,
+                sampling_ratio,
+                pool_mode,
+            ),
+        )
+        if traced is not None:
+            return traced  # type: ignore[return-value]
     if not torch.jit.is_scripting():
         check_float_tensor("input", input, ndim=4)
         pooled, spatial_scale, sampling_ratio, _, pool_mode = check_roi_params(
@@ -218,6 +269,19 @@ def prroi_pool(
     gradient whose column 0 (the batch index) is 0; a list of ``Tensor[L, 4]`` gets its
     ``[L, 4]`` gradients.
     """
+    if not torch.jit.is_scripting():
+        traced = fx_leaf(
+            prroi_pool,
+            (
+                input,
+                boxes,
+                output_size,
+                spatial_scale,
+                aligned,
+            ),
+        )
+        if traced is not None:
+            return traced  # type: ignore[return-value]
     if not torch.jit.is_scripting():
         check_float_tensor("input", input, ndim=4)
         pooled, spatial_scale, _, aligned, _ = check_roi_params(
