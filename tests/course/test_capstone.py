@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,12 +14,14 @@ import pytest
 from torch.autograd.gradcheck import GradcheckError
 
 from refimpl.course import capstone
+from refimpl.course.learner import load
 from refimpl.engine.config import TrainConfig, config_record
 from refimpl.model import PartError, Parts
 from refimpl.model.parts import PART_NAMES
 from refimpl.ops import roi_align
 
-from .conftest import EXERCISES, SOLUTIONS
+from .conftest import EXERCISES, SOLUTIONS, source, write
+from .conftest import load as load_json
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +195,34 @@ def test_the_long_tier_trains_with_the_learners_parts_and_reports_the_ap(monkeyp
         Feedback, match=r"after 1 iterations .* mask AP 0\.\d+, AP50 0\.\d+; the target"
     ):
         grading.test_training_target(sub)
+
+
+@pytest.mark.parametrize(
+    ("kernels", "notebooks"),
+    [("numpy", ["04_roi_align_forward", "05_roi_align_backward"]), ("numba", ["06_numba"])],
+)
+def test_exercise_8_op_runs_the_learners_own_kernels(tmp_path, kernels, notebooks):
+    """Exercise 8's op over the learner's kernels from exercises 4-5 or 6 (KERNELS = ...) is
+    refimpl's RoIAlign, values and gradients, through the capstone's per-part check."""
+    for name in ["08_torch_op", *notebooks]:
+        shutil.copy(SOLUTIONS / f"{name}.ipynb", tmp_path)
+    nb = load_json(tmp_path / "08_torch_op.ipynb")
+    first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    text = source(first)
+    assert text.count('KERNELS = "refimpl"') == 1
+    first["source"] = text.replace('KERNELS = "refimpl"', f"KERNELS = {kernels!r}")
+    write(nb, tmp_path, "08_torch_op")
+    try:
+        ex08 = load(tmp_path / "08_torch_op.ipynb")
+        assert ex08.ops.roi_align_forward.__module__ == "learner_08_torch_op"  # not refimpl's
+
+        def roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+            ph, pw = output_size
+            rois = boxes.to(input.dtype)
+            return ex08.roi_align(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+
+        Parts(roi_align=roi_align).validate()  # float32 and float64
+        result = capstone.check_part("roi_align", roi_align)
+        assert result.ok, result
+    finally:  # torch ops are registered by name, process-wide: the solution's op again
+        load(SOLUTIONS / "08_torch_op.ipynb", reload=True)
