@@ -18,8 +18,10 @@ is its ``__cause__``. A function still ``raise NotImplementedError()`` loads fin
 when called (the capstone then falls back to refimpl's part, and says so).
 
 Modules are cached by file and modification time (``reload=True`` runs the cells again).
-Torch ops are registered by name for the whole process: loading two notebooks that both
-define ``mycourse::roi_align`` leaves the one loaded last behind ``torch.ops.mycourse``.
+Torch ops are registered by name, once per process: loading a second notebook that defines
+``mycourse::roi_align`` (another copy of exercise 8) registers it anew and breaks the operator
+objects of the notebook loaded before; load one exercise 8 per process (tests that need
+another run it in a subprocess).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from torch.autograd.gradcheck import GradcheckError
@@ -197,13 +198,31 @@ def test_the_long_tier_trains_with_the_learners_parts_and_reports_the_ap(monkeyp
         grading.test_training_target(sub)
 
 
+def check_op_over_own_kernels(folder: str) -> None:
+    ex08 = load(Path(folder) / "08_torch_op.ipynb")
+    assert ex08.ops.roi_align_forward.__module__ == "learner_08_torch_op"  # not refimpl's
+
+    def roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
+        ph, pw = output_size
+        rois = boxes.to(input.dtype)
+        return ex08.roi_align(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
+
+    Parts(roi_align=roi_align).validate()  # float32 and float64
+    result = capstone.check_part("roi_align", roi_align)
+    assert result.ok, result
+
+
 @pytest.mark.parametrize(
     ("kernels", "notebooks"),
     [("numpy", ["04_roi_align_forward", "05_roi_align_backward"]), ("numba", ["06_numba"])],
 )
 def test_exercise_8_op_runs_the_learners_own_kernels(tmp_path, kernels, notebooks):
     """Exercise 8's op over the learner's kernels from exercises 4-5 or 6 (KERNELS = ...) is
-    refimpl's RoIAlign, values and gradients, through the capstone's per-part check."""
+    refimpl's RoIAlign, values and gradients, through the capstone's per-part check (in a
+    process of its own: the copy registers mycourse::roi_align anew, see
+    test_capstone_mutations.in_subprocess)."""
+    from .test_capstone_mutations import in_subprocess
+
     for name in ["08_torch_op", *notebooks]:
         shutil.copy(SOLUTIONS / f"{name}.ipynb", tmp_path)
     nb = load_json(tmp_path / "08_torch_op.ipynb")
@@ -212,17 +231,4 @@ def test_exercise_8_op_runs_the_learners_own_kernels(tmp_path, kernels, notebook
     assert text.count('KERNELS = "refimpl"') == 1
     first["source"] = text.replace('KERNELS = "refimpl"', f"KERNELS = {kernels!r}")
     write(nb, tmp_path, "08_torch_op")
-    try:
-        ex08 = load(tmp_path / "08_torch_op.ipynb")
-        assert ex08.ops.roi_align_forward.__module__ == "learner_08_torch_op"  # not refimpl's
-
-        def roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned):
-            ph, pw = output_size
-            rois = boxes.to(input.dtype)
-            return ex08.roi_align(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned)
-
-        Parts(roi_align=roi_align).validate()  # float32 and float64
-        result = capstone.check_part("roi_align", roi_align)
-        assert result.ok, result
-    finally:  # torch ops are registered by name, process-wide: the solution's op again
-        load(SOLUTIONS / "08_torch_op.ipynb", reload=True)
+    in_subprocess(check_op_over_own_kernels, str(tmp_path))
