@@ -6,7 +6,8 @@ refimpl is there but the exercise's givens). It needs only the standard library 
 
 1. **Bootstrap** (before any learner code): in the ``unshare`` fallback, build the sandbox's
    file system (:func:`enter_new_root`); lower the resource limits; set no_new_privs; give up
-   root (uid 65534) or every capability; copy the submission into the private work folder.
+   root (a uid of its own, :func:`refimpl.course.sandbox.sandbox_uid`) or every capability;
+   copy the submission into the private work folder.
 2. **Cells**: the grader's first connection sends the cells one by one (``cell``); each runs
    in the namespace of a module named ``submission``, its output captured (and capped), its
    CPU time limited by ``ITIMER_PROF`` (a ``TimeLimit`` re-raised every 0.1 s of CPU, so that

@@ -23,10 +23,11 @@ What the sandbox sees (:func:`mount_plan`, the same for both backends):
   ``--die-with-parent`` ends it if the grader dies.
 
 Limits: ``RLIMIT_AS`` (memory), ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``
-(counted per user: as root the grader runs the sandbox as uid 65534; otherwise the user
-namespace counts only the sandbox's own processes), ``RLIMIT_CORE`` 0; CPU time is measured
-from outside (:meth:`Sandbox.cpu_seconds`: the whole process tree, in /proc) and limited by
-the grader, per cell and per test.
+(counted per user: as root the grader runs each sandbox as a user of its own,
+:func:`sandbox_uid`, so that a fork bomb in one cannot starve another graded at the same time;
+otherwise the user namespace counts only the sandbox's own processes), ``RLIMIT_CORE`` 0;
+CPU time is measured from outside (:meth:`Sandbox.cpu_seconds`: the whole process tree, in
+/proc) and limited by the grader, per cell and per test.
 
 Backends, chosen by :func:`detect` (or ``REFIMPL_SANDBOX=bwrap|unshare|none``):
 
@@ -55,7 +56,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SANDBOX_UID = SANDBOX_GID = 65534  # nobody / nogroup
+SANDBOX_GID = 65534  # nogroup
+SANDBOX_UID_BASE = 1 << 20  # above any real user; + the grader's pid (unique while it runs)
+
+
+def sandbox_uid() -> int:
+    """The uid a root grader gives its sandbox: one per grader process (``--jobs`` runs each
+    notebook in a process of its own), so RLIMIT_NPROC counts one sandbox's processes only.
+    No account exists for it; the sandbox's ``USER`` and ``HOME`` are set instead."""
+    return SANDBOX_UID_BASE + os.getpid()
+
+
 WORKDIR = "/tmp/work"
 RUNTIME_IN_SANDBOX = "/grader"
 SUBMISSION_IN_SANDBOX = "/submission"
@@ -111,7 +122,7 @@ def _is_root() -> bool:
 
 def _bwrap_flags() -> list[str]:
     flags = ["--die-with-parent", "--new-session", *_NAMESPACES]
-    if _is_root():  # no user namespace: uid 65534 is then a real user, counted by RLIMIT_NPROC
+    if _is_root():  # no user namespace: the sandbox's uid is real, counted by RLIMIT_NPROC
         caps = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
         flags += ["--cap-drop", "ALL", *[a for c in caps for a in ("--cap-add", c)]]
     else:
@@ -213,7 +224,7 @@ class MountPlan:
 
     def _parents(self, dst: str, made: set[str], dirs: set[str]) -> list[str]:
         """``--dir`` with mode 0755 for the folders above ``dst`` that nothing provides yet
-        (bubblewrap would make them 0700, which uid 65534 cannot enter)."""
+        (bubblewrap would make them 0700, which the sandbox's uid cannot enter)."""
         args = []
         parents = list(Path(dst).parents)[::-1][1:]  # without "/"
         for parent in map(str, parents):
@@ -395,7 +406,7 @@ class Sandbox:
     # -- starting
     def _config(self, listen_fd: int, inside: bool) -> dict[str, Any]:
         grader = RUNTIME_IN_SANDBOX if inside else str(self.runtime)
-        uid = SANDBOX_UID if _is_root() else None
+        uid = sandbox_uid() if _is_root() else None
         if self.backend == "none" and not all(
             _accessible_to_others(p) for p in [sys.executable, *python_paths()]
         ):
@@ -456,7 +467,7 @@ class Sandbox:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.socket_path))
         listener.listen(16)
-        if _is_root():  # uid 65534 must be able to read the runtime files
+        if _is_root():  # the sandbox's uid must be able to read the runtime files
             _readable_by_all(self.runtime)
         if self.backend == "none":
             become_subreaper()
