@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.course.checks import (
+    case,
     check_array,
     check_unchanged,
     describe,
@@ -62,7 +63,35 @@ def forward_case(sub, x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1
         sampling_ratio=sampling_ratio,
         pool_mode=mode,
     )
-    check_array(got, expected, "roi_warp_forward", rtol=tol, atol=tol, inputs=inputs, rois=rois)
+    hints = forward_hints(x, rois, expected, output_size, spatial_scale, sampling_ratio, mode)
+    check_array(got, expected, "y", rtol=tol, atol=tol, inputs=inputs, rois=rois, hints=hints)
+
+
+def forward_hints(x, rois, expected, output_size, spatial_scale, ratio, mode):
+    """Likely causes, each with what that mistake computes."""
+    F = np.float64
+    half_even = rois.astype(F)  # corners already rounded half to even: c_round keeps them
+    half_even[:, 1:] = np.round(half_even[:, 1:] * spatial_scale) / spatial_scale
+    args = (output_size, spatial_scale, ratio, mode)
+    hints = [
+        (
+            "Python's round() or np.round (halves to even) where RoIWarp rounds as C does "
+            "(halves away from zero): use c_round",
+            lambda: ref_forward(x, half_even.astype(x.dtype), *args),
+        )
+    ]
+    if mode == "avg":
+        ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+
+        def summed():
+            counts = []
+            for r in rois:
+                box = geometry.warp_box(F, *map(F, r[1:]), F(spatial_scale))
+                counts.append(geometry.align_box(F, *box, F(1.0), False, ph, pw, ratio)[6])
+            return expected * np.asarray(counts).reshape(-1, 1, 1, 1)
+
+        hints.append(("avg: divide the sum of a bin's samples by their count", summed))
+    return hints
 
 
 @points(2)
@@ -132,8 +161,7 @@ def test_forward_known_answer(sub):
 @points(1)
 def test_forward_halfway(sub):
     """forward: corners at exact halves are C-rounded before sampling"""
-    rng = np.random.default_rng(33)
-    x = random_features(rng, 1, 2, 6, 7)
+    x, _ = case(seed=33, n=1, c=2, h=6, w=7, k=0)
     rois = np.array([[0, 1, 3, 5, 9], [0, -1, -3, 3, 7], [0, 5, 1, 13, 11], [0, 3, 5, 7, 9.0]])
     forward_case(sub, x, rois, 2, 0.5, 2, "avg")
 
@@ -141,29 +169,23 @@ def test_forward_halfway(sub):
 @points(3)
 def test_forward_random_max(sub):
     """forward: random maps and boxes, max pooling, adaptive sampling, scale 1/4"""
-    rng = np.random.default_rng(34)
-    for _ in range(2):
-        x = random_features(rng, 2, 3, 8, 9)
-        rois = random_rois(rng, 6, 2, 8, 9, 0.25)
+    for seed in (34, 134):
+        x, rois = case(seed=seed, n=2, c=3, h=8, w=9, k=6, spatial_scale=0.25)
         forward_case(sub, x, rois, (3, 2), 0.25)
 
 
 @points(2)
 def test_forward_random_avg(sub):
     """forward: random maps and boxes, average pooling, adaptive sampling, scale 1/2"""
-    rng = np.random.default_rng(35)
-    for _ in range(2):
-        x = random_features(rng, 2, 3, 8, 9)
-        rois = random_rois(rng, 6, 2, 8, 9, 0.5)
+    for seed in (35, 135):
+        x, rois = case(seed=seed, n=2, c=3, h=8, w=9, k=6, spatial_scale=0.5)
         forward_case(sub, x, rois, (2, 3), 0.5, mode="avg")
 
 
 @points(1)
 def test_forward_sampling_ratio(sub):
     """forward: a fixed sampling_ratio (2 and 3), both modes"""
-    rng = np.random.default_rng(36)
-    x = random_features(rng, 2, 2, 7, 7)
-    rois = random_rois(rng, 5, 2, 7, 7, 0.5)
+    x, rois = case(seed=36, n=2, c=2, h=7, w=7, k=5, spatial_scale=0.5)
     for ratio in (2, 3):
         for mode in ("max", "avg"):
             forward_case(sub, x, rois, 2, 0.5, ratio, mode)
@@ -182,8 +204,7 @@ def test_forward_outside_samples(sub):
 @points(1)
 def test_forward_small_boxes(sub):
     """forward: boxes smaller than a cell, or inverted, become 1x1 cells"""
-    rng = np.random.default_rng(38)
-    x = random_features(rng, 1, 2, 6, 6)
+    x, _ = case(seed=38, n=1, c=2, h=6, w=6, k=0)
     rois = np.array([[0, 2.2, 2.2, 2.4, 2.3], [0, 4.0, 3.0, 1.0, 1.0], [0, 3.0, 1.0, 3.0, 5.0]])
     forward_case(sub, x, rois, 2, 1.0, -1, "avg")
     forward_case(sub, x, rois, (1, 3), 1.0, -1, "max")
@@ -192,16 +213,14 @@ def test_forward_small_boxes(sub):
 @points(1)
 def test_forward_no_rois(sub):
     """forward: no RoIs gives an empty [0, C, PH, PW] output"""
-    x = random_features(np.random.default_rng(39), 2, 3, 4, 5)
-    forward_case(sub, x, np.zeros((0, 5)), (2, 3))
+    x, rois = case(seed=39, n=2, c=3, h=4, w=5, k=0)
+    forward_case(sub, x, rois, (2, 3))
 
 
 @points(1)
 def test_forward_float32(sub):
     """forward: float32 in, float32 out"""
-    rng = np.random.default_rng(40)
-    x = random_features(rng, 2, 3, 6, 7, np.float32)
-    rois = random_rois(rng, 4, 2, 6, 7, 0.5).astype(np.float32)
+    x, rois = case(seed=40, n=2, c=3, h=6, w=7, k=4, spatial_scale=0.5, dtype="float32")
     forward_case(sub, x, rois, 2, 0.5, -1, "max")
     forward_case(sub, x, rois, 2, 0.5, 2, "avg")
 
