@@ -1,5 +1,6 @@
 """The autograder: ``python -m refimpl.grade PATH... [--json results.json] [--hidden DIR]
-[--long] [--exercise NAME] [--sandbox bwrap|unshare|none] [--timeout S] [--jobs N]``.
+[--long] [--exercise NAME] [--sandbox bwrap|unshare|none] [--timeout S] [--memory GB]
+[--jobs N]``; ``python -m refimpl.grade --calibrate solutions/ [--exercise NAME]``.
 
 ``PATH`` is an exercise notebook or a folder of them (searched recursively). Each notebook is
 matched to its grading module by name: ``02_roi_pool.ipynb`` (or a renamed copy that still
