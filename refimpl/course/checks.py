@@ -31,6 +31,7 @@ A grading module may also set ``GIVENS`` (what the sandbox may import from refim
 from __future__ import annotations
 
 import inspect
+import sys
 import textwrap
 import types
 import weakref
@@ -226,17 +227,62 @@ def _key(v: Any) -> tuple | None:
 NAME = "<name>"  # in a one-array recipe: the name describe() gives it
 
 
-def _remember(arrays: dict[str, np.ndarray], recipe: str) -> None:
+def _remember(arrays: dict[str, Any], recipe: str) -> None:
     for var, arr in arrays.items():
-        _RECIPES[_key(arr)] = (weakref.ref(arr), var, recipe)
+        _RECIPES[_key(arr)] = (weakref.ref(arr), var, recipe, isinstance(arr, np.ndarray))
 
 
-def _recipe_of(v: Any) -> tuple[str, str] | None:
+def _recipe_of(v: Any) -> tuple[str, str, bool] | None:
+    """``(variable, line, whether the line makes a NumPy array)`` for ``v``, or None."""
     key = _key(v)
     entry = _RECIPES.get(key) if key is not None else None
     if entry is None or entry[0]() is None:
         return None
-    return entry[1], entry[2]
+    return entry[1], entry[2], entry[3]
+
+
+def drawn(rng: np.random.Generator, source: str) -> Any:
+    """``source`` (an expression of ``rng``, ``np`` and ``torch``) evaluated, remembering it:
+    feedback rebuilds an array or tensor made so as ``rng = checks.rng_at(...); <name> =
+    <source>``, from the generator's present state."""
+    where = _rng_source(rng)
+    scope: dict[str, Any] = {"rng": rng, "np": np, "checks": sys.modules[__name__]}
+    if "torch" in source:
+        import torch
+
+        scope["torch"] = torch
+    value = eval(source, scope)
+    if where is not None and _key(value) is not None:
+        _remember({NAME: value}, f"rng = {where}; {NAME} = {source}")
+    return value
+
+
+def recipe(name: str, v: Any) -> str | None:
+    """The line that makes ``v`` (an array from :func:`case` or :func:`drawn`) as ``name``."""
+    found = _recipe_of(v)
+    if found is None:
+        return None
+    var, line, _ = found
+    return line.replace(NAME, name) if var == NAME else line
+
+
+def drawn_code(rng: np.random.Generator, name: str, source: str) -> tuple[Any, Code]:
+    """:func:`drawn` for values :func:`describe` cannot recognise (a list of tensors): the
+    value, and the :class:`Code` to give describe in its place."""
+    where = _rng_source(rng)
+    value = drawn(rng, source)
+    setup = f"rng = {where}; {name} = {source}" if where is not None else None
+    return value, Code(name, setup)
+
+
+class Code:
+    """An argument :func:`describe` prints as ``source``, after the ``setup`` lines."""
+
+    def __init__(self, source: str, *setup: str | None):
+        self.source, self.setup = source, [line for line in setup if line]
+
+    def __repr__(self) -> str:
+        return self.source
 
 
 def case(
@@ -292,13 +338,16 @@ def describe(fn: str | None = None, /, **arguments: Any) -> str:
     for name, v in arguments.items():
         recipe = _recipe_of(v)
         tensor = _key(v) is not None and not isinstance(v, np.ndarray)
-        if recipe is not None:
-            var, line = recipe
+        if isinstance(v, Code):
+            setup.extend(line for line in v.setup if line not in setup)
+            call.append(v.source)
+        elif recipe is not None:
+            var, line, made_numpy = recipe
             if var == NAME:  # a recipe for one array: it takes the argument's name
                 var, line = name, line.replace(NAME, name)
             if line not in setup:
                 setup.append(line)
-            call.append(f"torch.from_numpy({var})" if tensor else var)
+            call.append(f"torch.from_numpy({var})" if tensor and made_numpy else var)
         elif _key(v) is not None and int(np.prod(tuple(v.shape))) <= MAX_LITERAL:
             setup.append(f"{name} = {literal(v)}")
             call.append(name)
@@ -359,7 +408,9 @@ def check_array(
     got = as_array(got, what)
     suffix = "\n" + textwrap.indent(inputs, "  ") if inputs else ""
     if got.shape != expected.shape:
-        fail(f"{what}: expected shape {expected.shape}, got {got.shape}{suffix}")
+        cause = hints and got.dtype.kind in "biuf" and likely_cause(got, hints, rtol, atol)
+        cause = f"\n  likely cause: {cause}" if cause else ""
+        fail(f"{what}: expected shape {expected.shape}, got {got.shape}{cause}{suffix}")
     if check_dtype and got.dtype != expected.dtype:
         fail(f"{what}: expected dtype {expected.dtype}, got {got.dtype}{suffix}")
     if got.dtype.kind not in "biuf" or expected.dtype.kind not in "biuf":
@@ -470,6 +521,39 @@ def random_features(
             {NAME: out}, f"{NAME} = checks.random_features({where}, {n}, {c}, {h}, {w}{kind})"
         )
     return out
+
+
+def random_boxes(
+    rng: np.random.Generator,
+    n: int,
+    size: float = 100.0,
+    min_wh: float = 2.0,
+    max_wh: float = 40.0,
+) -> np.ndarray:
+    """``n`` random boxes ``(x1, y1, x2, y2)`` (float64): corners in ``[-10, size)``, sides
+    from ``min_wh`` to ``max_wh``."""
+    xy = rng.uniform(-10, size, (n, 2))
+    wh = rng.uniform(min_wh, max_wh, (n, 2))
+    return np.concatenate([xy, xy + wh], axis=1)
+
+
+def random_masks(rng: np.random.Generator, g: int, h: int, w: int) -> np.ndarray:
+    """``g`` random binary masks ``[g, h, w]`` (uint8): a rectangle each, with holes."""
+    masks = np.zeros((g, h, w), np.uint8)
+    for i in range(g):
+        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        y1, x1 = y0 + rng.integers(3, h // 2), x0 + rng.integers(3, w // 2)
+        masks[i, y0:y1, x0:x1] = 1
+        masks[i] &= rng.random((h, w)) > 0.2  # holes
+    return masks
+
+
+def random_image_boxes(rng: np.random.Generator, r: int, h: int, w: int) -> np.ndarray:
+    """``r`` random boxes ``(x1, y1, x2, y2)`` (float64) on an ``h x w`` image, some partly
+    off it."""
+    xy = rng.uniform(-4, [w - 6, h - 6], (r, 2))
+    wh = rng.uniform(3, [w / 2, h / 2], (r, 2))
+    return np.concatenate([xy, xy + wh], 1)
 
 
 _ROI_DEFAULTS = {"spill": 0.3, "min_size": 0.3, "max_size": 0.8}
