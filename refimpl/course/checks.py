@@ -266,6 +266,58 @@ def recipe(name: str, v: Any) -> str | None:
     return line.replace(NAME, name) if var == NAME else line
 
 
+def converted(v: np.ndarray, dtype: Any) -> np.ndarray:
+    """``v.astype(dtype)``, remembering how it is made when ``v``'s recipe is known."""
+    out = v.astype(dtype)
+    found = _recipe_of(v)
+    marker = f"{NAME} = "
+    if found is not None and found[0] == NAME and marker in found[1]:
+        before, expr = found[1].split(marker, 1)
+        kind = np.dtype(dtype).name
+        _remember({NAME: out}, f"{before}{marker}({expr}).astype(np.{kind})")
+    return out
+
+
+def offset_hint(
+    compute: Callable[[np.ndarray], Any], rois: np.ndarray, spatial_scale: float, aligned: bool
+) -> tuple[str, Callable[[], Any]]:
+    """The likely cause "the half-pixel offset" of RoIAlign-like ops (for :func:`check_array`'s
+    ``hints``): ``compute(rois)`` on the boxes moved as the missing (or extra) offset moves
+    them."""
+    moved = np.asarray(rois, dtype=np.float64).copy()
+    moved[:, 1:] += (0.5 if aligned else -0.5) / spatial_scale
+    cause = (
+        "the half-pixel offset: aligned=True samples at x * spatial_scale - 0.5 (pixel "
+        "centres), aligned=False without that shift"
+    )
+    return cause, lambda: compute(moved.astype(np.asarray(rois).dtype))
+
+
+def count_hint(
+    expected: np.ndarray,
+    rois: np.ndarray,
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> tuple[str, Callable[[], Any]]:
+    """The likely cause "the sum of a bin's samples, not their mean" of RoIAlign avg (for
+    :func:`check_array`'s ``hints``), from the right answer ``expected``."""
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    F = np.float64
+
+    def summed():
+        counts = [
+            geometry.align_box(
+                F, *map(F, r[1:]), F(spatial_scale), aligned, ph, pw, sampling_ratio
+            )[6]
+            for r in np.asarray(rois, dtype=np.float64)
+        ]
+        return expected * np.asarray(counts).reshape(-1, 1, 1, 1)
+
+    return "avg: divide the sum of a bin's samples by their count", summed
+
+
 def drawn_code(rng: np.random.Generator, name: str, source: str) -> tuple[Any, Code]:
     """:func:`drawn` for values :func:`describe` cannot recognise (a list of tensors): the
     value, and the :class:`Code` to give describe in its place."""

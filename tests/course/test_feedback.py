@@ -143,3 +143,30 @@ def test_sampler_and_paste(tmp_path, solution):
     for name in lost:
         assert "likely cause: paste without the zero-padding" in out[name], out[name]
         assert reproduce(out[name])[1] == "paste_mask(mask, box, 64, 80)"
+
+
+def test_numba_sum_and_race(tmp_path, monkeypatch, solution):
+    """Exercise 06: the sample count's likely cause, and the race detector's call to rerun."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")  # only the race detector finds the race
+    nb = solution("06_numba")
+    edit(nb, "roi_align_forward_kernel", [("out[k, c, i, j] += v / count", "out[k, c, i, j] += v")])
+    race = (
+        "    for c in prange(channels):\n        for k in range(n_rois):",
+        "    for c in range(channels):\n        for k in prange(n_rois):",
+    )
+    edit(nb, "roi_align_backward_kernel", [race])
+    out, lost = outputs(tmp_path, nb, "06_numba")
+    assert lost == {
+        "test_forward_known_answer",
+        "test_forward_random",
+        "test_forward_off_the_map",
+        "test_backward_race_free",
+    }
+    message = out["test_forward_random"]
+    assert "likely cause: avg: divide the sum of a bin's samples by their count" in message
+    assert reproduce(message)[1] == "roi_align_forward(x, rois, (3, 2), 0.5, -1, False)"
+    setup, call = reproduce(out["test_backward_race_free"])
+    assert call.startswith("find_races(roi_align_backward_kernel, (grad_output, rois, 0.5, -1,")
+    scope: dict = {"np": np}
+    exec("\n".join(setup), scope)
+    assert scope["grad_output"].shape == (4, 2, 2, 2) and scope["rois"].shape == (4, 5)

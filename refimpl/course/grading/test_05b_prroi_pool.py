@@ -13,8 +13,10 @@ from refimpl.course.checks import (
     as_array,
     check_array,
     check_unchanged,
+    converted,
     describe,
     fail,
+    offset_hint,
     points,
     random_features,
     random_rois,
@@ -40,8 +42,9 @@ def scalar(got, what: str) -> float:
 
 
 def check_scalar(got: float, expected: float, what: str, tol: float = 1e-12) -> None:
+    """``what`` is the call itself: the message says to make it again."""
     if not abs(got - expected) <= tol * max(1.0, abs(expected)):
-        fail(f"{what}: expected {expected:.12g}, got {got:.12g}")
+        fail(f"{what}: expected {expected:.12g}, got {got:.12g}\n  to reproduce:\n    {what}")
 
 
 def ref_axis_weights(start, bin_size, pooled, size):
@@ -65,7 +68,34 @@ def forward_case(sub, x, rois, output_size, spatial_scale=1.0, aligned=False):
         spatial_scale=spatial_scale,
         aligned=aligned,
     )
-    check_array(got, expected, "y", rtol=tol, atol=tol, inputs=inputs, rois=rois)
+    hints = forward_hints(x, rois, expected, output_size, spatial_scale, aligned)
+    check_array(got, expected, "y", rtol=tol, atol=tol, inputs=inputs, rois=rois, hints=hints)
+
+
+def forward_hints(x, rois, expected, output_size, spatial_scale, aligned):
+    """Likely causes, each with what that mistake computes."""
+    ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
+    bins = [geometry.prroi_box(F, *map(F, r[1:]), F(spatial_scale), aligned, ph, pw) for r in rois]
+
+    def summed():  # the integral, not divided by the bin's area
+        area = [bin_h * bin_w for _, _, bin_h, bin_w in bins]
+        return expected * np.asarray(area).reshape(-1, 1, 1, 1)
+
+    def stretched():  # boxes under a pixel stretched to one, as RoIAlign's
+        moved = rois.astype(np.float64).copy()
+        for k in (1, 2):
+            size = np.maximum(moved[:, k + 2] - moved[:, k], 1.0 / spatial_scale)
+            moved[:, k + 2] = moved[:, k] + size
+        return ref_forward(x, moved.astype(rois.dtype), output_size, spatial_scale, aligned)
+
+    args = (output_size, spatial_scale, aligned)
+    return [
+        offset_hint(lambda moved: ref_forward(x, moved, *args), rois, spatial_scale, aligned),
+        ("the bin's integral not divided by the bin's area (its width times its height)",
+         summed),
+        ("boxes under a pixel stretched to one pixel (as RoIAlign's): PrRoIPool keeps their "
+         "size", stretched),
+    ]  # fmt: skip
 
 
 def random_case(rng, k, n, c, h, w, scale, **kwargs):
@@ -109,7 +139,13 @@ def test_axis_weights(sub):
     for start, bin_size, pooled, size in cases:
         what = f"axis_weights({start!r}, {bin_size!r}, {pooled}, {size})"
         got = sub.axis_weights(start, bin_size, pooled, size)
-        check_array(got, ref_axis_weights(start, bin_size, pooled, size), what, check_dtype=False)
+        check_array(
+            got,
+            ref_axis_weights(start, bin_size, pooled, size),
+            what,
+            check_dtype=False,
+            inputs=f"to reproduce:\n    {what}",
+        )
 
 
 @points(2)
@@ -122,6 +158,7 @@ def test_forward_known_answers(sub):
             sub.prroi_pool_forward(x.copy(), rois, 1),
             np.array([[[[value]]]]),
             f"prroi_pool_forward(one pixel of value 2, box {box}, 1)",
+            inputs=describe("prroi_pool_forward", x=x, rois=rois, output_size=1),
         )
     yy, xx = np.mgrid[0:7, 0:8]
     linear = (0.5 * yy - 0.25 * xx + 1.0)[None, None]
@@ -135,6 +172,15 @@ def test_forward_known_answers(sub):
             sub.prroi_pool_forward(linear.copy(), rois, (2, 3), 1.0, aligned),
             expected,
             f"prroi_pool_forward(linear map, box (1.3, 0.7, 6.1, 5.9), (2, 3), aligned={aligned})",
+            inputs=describe(
+                "prroi_pool_forward",
+                x=linear,
+                rois=rois,
+                output_size=(2, 3),
+                spatial_scale=1.0,
+                aligned=aligned,
+            ),
+            hints=forward_hints(linear, rois, expected, (2, 3), 1.0, aligned),
         )
 
 
@@ -196,7 +242,7 @@ def test_forward_no_rois_and_float32(sub):
     x = random_features(rng, 2, 3, 4, 5)
     forward_case(sub, x, np.zeros((0, 5)), 2)
     x, rois = random_case(rng, 4, 2, 3, 6, 7, 0.5)
-    forward_case(sub, x.astype(np.float32), rois.astype(np.float32), 2, 0.5)
+    forward_case(sub, converted(x, np.float32), converted(rois, np.float32), 2, 0.5)
 
 
 @points(1)

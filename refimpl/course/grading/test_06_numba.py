@@ -9,9 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.course.checks import (
+    Code,
     check_array,
+    count_hint,
     describe,
+    drawn,
     fail,
+    offset_hint,
     points,
     probe,
     random_features,
@@ -41,6 +45,7 @@ def forward_case(sub, x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1
     args = (output_size, spatial_scale, sampling_ratio, aligned)
     got = sub.roi_align_forward(x.copy(), rois.copy(), *args)
     inputs = describe(
+        "roi_align_forward",
         x=x,
         rois=rois,
         output_size=output_size,
@@ -48,7 +53,12 @@ def forward_case(sub, x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1
         sampling_ratio=sampling_ratio,
         aligned=aligned,
     )
-    check_array(got, ref_forward(x, rois, *args), "roi_align_forward", inputs=inputs, rois=rois)
+    expected = ref_forward(x, rois, *args)
+    hints = [
+        offset_hint(lambda moved: ref_forward(x, moved, *args), rois, spatial_scale, aligned),
+        count_hint(expected, rois, *args),
+    ]
+    check_array(got, expected, "roi_align_forward", inputs=inputs, rois=rois, hints=hints)
 
 
 def backward_case(
@@ -57,6 +67,7 @@ def backward_case(
     args = (output_size, spatial_scale, sampling_ratio, aligned)
     got = sub.roi_align_backward(x.copy(), rois.copy(), grad.copy(), *args)
     inputs = describe(
+        "roi_align_backward",
         x=x,
         rois=rois,
         grad_output=grad,
@@ -65,7 +76,10 @@ def backward_case(
         sampling_ratio=sampling_ratio,
         aligned=aligned,
     )
-    check_array(got, ref_backward(x, rois, grad, *args), "grad_x", inputs=inputs)
+    hints = [
+        offset_hint(lambda moved: ref_backward(x, moved, grad, *args), rois, spatial_scale, aligned)
+    ]
+    check_array(got, ref_backward(x, rois, grad, *args), "grad_x", inputs=inputs, hints=hints)
 
 
 @probe
@@ -123,16 +137,45 @@ def race_case(sub, kernel_name, first, rois, output_shape):
     if found:
         fail(
             f"`{kernel_name}` races: {str(found[0])[:300]}. Two threads adding into one element "
-            "lose updates; give each prange iteration elements of its own"
+            "lose updates; give each prange iteration elements of its own\n"
+            + race_reproduce(kernel_name, first, rois, output_shape, name)
         )
+
+
+def race_reproduce(kernel_name, first, rois, output_shape, name):
+    """How to run the race detector on the learner's kernel, in the notebook."""
+    first_name = "x" if name == "out" else "grad_output"
+    text = describe(
+        "find_races",
+        kernel=Code(kernel_name, "from refimpl.course.races import find_races"),
+        args=Code(
+            f"({first_name}, rois, 0.5, -1, True, np.zeros({tuple(output_shape)}))",
+            *(
+                line.strip()
+                for line in describe(**{first_name: first, "rois": rois}).splitlines()[1:]
+                if "import checks" not in line
+            ),
+        ),
+        outputs=Code("outputs=(5,)"),
+        names=Code(f"names=({name!r},)"),
+    )
+    return "  " + text.replace("\n", "\n  ")
 
 
 @points(2)
 def test_forward_known_answer(sub):
     """forward: one bin of 2x2 samples on a ramp, known answer"""
     x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
-    got = sub.roi_align_forward(x, np.array([[0.0, 0, 0, 2, 2]]), 1, 1.0, 2)
-    check_array(got, np.full((1, 1, 1, 1), 5.0), "roi_align_forward(ramp, box (0, 0, 2, 2), 1)")
+    rois = np.array([[0.0, 0, 0, 2, 2]])
+    got = sub.roi_align_forward(x, rois, 1, 1.0, 2)
+    check_array(
+        got,
+        np.full((1, 1, 1, 1), 5.0),
+        "roi_align_forward(ramp, box (0, 0, 2, 2), 1)",
+        inputs=describe(
+            "roi_align_forward", x=x, rois=rois, output_size=1, spatial_scale=1.0, ratio=2
+        ),
+    )
 
 
 @points(3)
@@ -177,10 +220,24 @@ def test_forward_race_free(sub):
 def test_backward_known_answer(sub):
     """backward: one bin of 2x2 samples spreads 1, 2, 1 / 2, 4, 2 / 1, 2, 1 sixteenths"""
     x = np.zeros((1, 1, 4, 4))
-    got = sub.roi_align_backward(x, np.array([[0.0, 0, 0, 2, 2]]), np.ones((1, 1, 1, 1)), 1, 1.0, 2)
+    rois, grad = np.array([[0.0, 0, 0, 2, 2]]), np.ones((1, 1, 1, 1))
+    got = sub.roi_align_backward(x, rois, grad, 1, 1.0, 2)
     expected = np.zeros((1, 1, 4, 4))
     expected[0, 0, :3, :3] = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
-    check_array(got, expected, "roi_align_backward(zeros, box (0, 0, 2, 2), ones, 1, 1.0, 2)")
+    check_array(
+        got,
+        expected,
+        "roi_align_backward(zeros, box (0, 0, 2, 2), ones, 1, 1.0, 2)",
+        inputs=describe(
+            "roi_align_backward",
+            x=x,
+            rois=rois,
+            grad_output=grad,
+            output_size=1,
+            spatial_scale=1.0,
+            ratio=2,
+        ),
+    )
 
 
 @points(3)
@@ -189,7 +246,7 @@ def test_backward_random(sub):
     rng = np.random.default_rng(63)
     x = random_features(rng, 2, 3, 8, 9)
     rois = random_rois(rng, 7, 2, 8, 9, 0.5)
-    grad = rng.normal(size=(7, 3, 3, 2))
+    grad = drawn(rng, "rng.normal(size=(7, 3, 3, 2))")
     for aligned in (False, True):
         for ratio in (-1, 2):
             backward_case(sub, x, rois, grad, (3, 2), 0.5, ratio, aligned)
@@ -201,7 +258,7 @@ def test_backward_accumulates(sub):
     rng = np.random.default_rng(64)
     x = random_features(rng, 1, 2, 6, 6)
     rois = np.array([[0, 0.4, 0.7, 9.3, 8.8]] * 2 + [[0, 2.1, 1.3, 7.7, 6.2], [0, 7, 7, 12, 9]])
-    grad = rng.normal(size=(4, 2, 2, 2))
+    grad = drawn(rng, "rng.normal(size=(4, 2, 2, 2))")
     for aligned in (False, True):
         backward_case(sub, x, rois, grad, 2, 0.5, 2, aligned)
     backward_case(sub, x, np.zeros((0, 5)), np.zeros((0, 2, 2, 2)), 2)
@@ -219,7 +276,7 @@ def test_backward_race_free(sub):
     """backward: no two prange iterations write the same element of grad_x"""
     rng = np.random.default_rng(65)
     x = random_features(rng, 2, 2, 6, 6)
-    grad = rng.normal(size=(4, 2, 2, 2))
+    grad = drawn(rng, "rng.normal(size=(4, 2, 2, 2))")
     sub.roi_align_backward(x, OVERLAPPING, grad, 2, 0.5)
     race_case(sub, "roi_align_backward_kernel", grad, OVERLAPPING, x.shape)
 
@@ -229,12 +286,13 @@ def test_histogram(sub):
     """histogram: counts equal np.bincount for any number of chunks, empty chunks included"""
     rng = np.random.default_rng(66)
     for size, n_bins, chunks in ((1001, 5, 4), (7, 3, 4), (3, 2, 5), (500, 1, 2), (0, 3, 2)):
-        bins = rng.integers(0, n_bins, size=size)
+        bins = drawn(rng, f"rng.integers(0, {n_bins}, size={size})")
         got = sub.histogram(bins, n_bins, chunks)
         check_array(
             got,
             np.bincount(bins, minlength=n_bins).astype(np.float64),
             f"histogram({size} values, {n_bins} bins, {chunks} chunks)",
+            inputs=describe("histogram", bins=bins, n_bins=n_bins, chunks=chunks),
         )
 
 

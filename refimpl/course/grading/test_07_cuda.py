@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 
 from refimpl.course.checks import (
+    Code,
     check_array,
+    count_hint,
     describe,
+    drawn,
     fail,
+    offset_hint,
     points,
     probe,
     random_features,
@@ -35,21 +39,40 @@ pytestmark = pytest.mark.cudasim
 def forward_case(sub, x, rois, out, scale=1.0, ratio=-1, aligned=False, **launch):
     got = sub.roi_align_forward(x.copy(), rois.copy(), out, scale, ratio, aligned, **launch)
     inputs = describe(
+        "roi_align_forward",
         x=x,
         rois=rois,
         output_size=out,
         spatial_scale=scale,
         sampling_ratio=ratio,
         aligned=aligned,
-        **launch,
+        **keywords(launch),
     )
-    check_array(
-        got,
-        ref_forward(x, rois, out, scale, ratio, aligned),
-        "roi_align_forward",
-        inputs=inputs,
-        rois=rois,
-    )
+    args = (out, scale, ratio, aligned)
+    expected = ref_forward(x, rois, *args)
+    hints = [
+        offset_hint(lambda moved: ref_forward(x, moved, *args), rois, scale, aligned),
+        count_hint(expected, rois, *args),
+    ]
+    if launch:
+        hints.append(
+            ("one output per thread, no grid-stride loop: a grid smaller than the outputs "
+             "covers them with for idx in range(cuda.grid(1), total, cuda.gridsize(1))",
+             lambda: grid_only(expected, **launch)),
+        )  # fmt: skip
+    check_array(got, expected, "roi_align_forward", inputs=inputs, rois=rois, hints=hints)
+
+
+def keywords(launch):
+    """The launch arguments as keywords in the call describe() prints."""
+    return {k: Code(f"{k}={v!r}") for k, v in launch.items()}
+
+
+def grid_only(expected, blocks, threads):
+    """What a kernel without a grid-stride loop writes: the first blocks * threads outputs."""
+    out = np.zeros_like(expected)
+    out.reshape(-1)[: blocks * threads] = expected.reshape(-1)[: blocks * threads]
+    return out
 
 
 def backward_case(sub, x, rois, grad, out, scale=1.0, ratio=-1, aligned=False, **launch):
@@ -57,24 +80,36 @@ def backward_case(sub, x, rois, grad, out, scale=1.0, ratio=-1, aligned=False, *
         x.copy(), rois.copy(), grad.copy(), out, scale, ratio, aligned, **launch
     )
     inputs = describe(
+        "roi_align_backward",
+        x=x,
         rois=rois,
+        grad_output=grad,
         output_size=out,
         spatial_scale=scale,
         sampling_ratio=ratio,
         aligned=aligned,
-        **launch,
+        **keywords(launch),
     )
-    check_array(
-        got, ref_backward(x, rois, grad, out, scale, ratio, aligned), "grad_x", inputs=inputs
-    )
+    args = (out, scale, ratio, aligned)
+    hints = [offset_hint(lambda moved: ref_backward(x, moved, grad, *args), rois, scale, aligned)]
+    check_array(got, ref_backward(x, rois, grad, *args), "grad_x", inputs=inputs, hints=hints)
 
 
 @points(2)
 def test_forward_known_answer(sub):
     """forward: one bin of 2x2 samples on a ramp, known answer"""
     x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
-    got = sub.roi_align_forward(x, np.array([[0.0, 0, 0, 2, 2]]), 1, 1.0, 2)
-    check_array(got, np.full((1, 1, 1, 1), 5.0), "roi_align_forward(ramp, box (0, 0, 2, 2), 1)")
+    rois = np.array([[0.0, 0, 0, 2, 2]])
+    got = sub.roi_align_forward(x, rois, 1, 1.0, 2)
+    check_array(
+        got,
+        np.full((1, 1, 1, 1), 5.0),
+        "roi_align_forward(ramp, box (0, 0, 2, 2), 1)",
+        inputs=describe(
+            "roi_align_forward", x=x, rois=rois, output_size=1, spatial_scale=1.0, ratio=2
+        ),
+        hints=[count_hint(np.full((1, 1, 1, 1), 5.0), rois, 1, 1.0, 2, False)],
+    )
 
 
 @points(3)
@@ -102,10 +137,24 @@ def test_forward_grid_stride(sub):
 def test_backward_known_answer(sub):
     """backward: one bin of 2x2 samples spreads 1, 2, 1 / 2, 4, 2 / 1, 2, 1 sixteenths"""
     x = np.zeros((1, 1, 4, 4))
-    got = sub.roi_align_backward(x, np.array([[0.0, 0, 0, 2, 2]]), np.ones((1, 1, 1, 1)), 1, 1.0, 2)
+    rois, grad = np.array([[0.0, 0, 0, 2, 2]]), np.ones((1, 1, 1, 1))
+    got = sub.roi_align_backward(x, rois, grad, 1, 1.0, 2)
     expected = np.zeros((1, 1, 4, 4))
     expected[0, 0, :3, :3] = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
-    check_array(got, expected, "roi_align_backward(zeros, box (0, 0, 2, 2), ones, 1, 1.0, 2)")
+    check_array(
+        got,
+        expected,
+        "roi_align_backward(zeros, box (0, 0, 2, 2), ones, 1, 1.0, 2)",
+        inputs=describe(
+            "roi_align_backward",
+            x=x,
+            rois=rois,
+            grad_output=grad,
+            output_size=1,
+            spatial_scale=1.0,
+            ratio=2,
+        ),
+    )
 
 
 @points(3)
@@ -113,8 +162,11 @@ def test_backward_random(sub):
     """backward: random maps, overlapping boxes and gradients, aligned or not"""
     rng = np.random.default_rng(72)
     x = random_features(rng, 2, 2, 6, 7)
-    rois = np.concatenate([random_rois(rng, 3, 2, 6, 7, 0.5), [[0, 0.4, 0.7, 9.3, 8.8]] * 2])
-    grad = rng.normal(size=(5, 2, 2, 2))
+    rois = drawn(  # two copies of one box: overlapping bins
+        rng,
+        "np.concatenate([checks.random_rois(rng, 3, 2, 6, 7, 0.5), [[0, 0.4, 0.7, 9.3, 8.8]] * 2])",
+    )
+    grad = drawn(rng, "rng.normal(size=(5, 2, 2, 2))")
     for aligned in (False, True):
         backward_case(sub, x, rois, grad, 2, 0.5, -1, aligned)
 
@@ -125,7 +177,8 @@ def test_backward_grid_stride(sub):
     rng = np.random.default_rng(73)
     x = random_features(rng, 1, 3, 5, 5)
     rois = random_rois(rng, 4, 1, 5, 5)
-    backward_case(sub, x, rois, rng.normal(size=(4, 3, 2, 2)), 2, blocks=1, threads=4)
+    grad = drawn(rng, "rng.normal(size=(4, 3, 2, 2))")
+    backward_case(sub, x, rois, grad, 2, blocks=1, threads=4)
 
 
 @probe

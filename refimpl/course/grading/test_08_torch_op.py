@@ -12,8 +12,12 @@ import torch
 
 from refimpl.course.checks import (
     check_array,
+    converted,
+    count_hint,
     describe,
+    drawn,
     fail,
+    offset_hint,
     points,
     probe,
     random_features,
@@ -32,8 +36,23 @@ ENVIRONMENT = {"NUMBA_THREADING_LAYER": "workqueue", "OMP_NUM_THREADS": "1"}
 
 def case(rng, k=5, n=2, c=3, h=8, w=9, scale=0.5, dtype=np.float64, **kwargs):
     x = random_features(rng, n, c, h, w, dtype)
-    rois = random_rois(rng, k, n, h, w, scale, **kwargs).astype(dtype)
-    return x, rois
+    rois = random_rois(rng, k, n, h, w, scale, **kwargs)
+    return x, (rois if np.dtype(dtype) == rois.dtype else converted(rois, dtype))
+
+
+def op_call(x, rois, *args, fn="roi_align"):
+    """How to make the op's call in the notebook (x and rois as tensors)."""
+    return describe(
+        fn,
+        x=torch.from_numpy(x),
+        rois=torch.from_numpy(rois),
+        **{f"arg{i}": v for i, v in enumerate(args)},
+    )
+
+
+def with_setup(inputs, *lines):
+    """``inputs`` (describe's text) with its call replaced by ``lines``."""
+    return "\n".join([*inputs.splitlines()[:-1], *(f"    {line}" for line in lines)])
 
 
 def call(sub, x, rois, *args):
@@ -53,16 +72,19 @@ def test_forward_random(sub):
             args = (0.5, 3, 2, ratio, aligned)
             got = call(sub, x, rois, *args).detach().numpy()
             expected = ref_forward(x, rois, (3, 2), 0.5, ratio, aligned)
-            inputs = describe(
-                x=x,
-                rois=rois,
-                spatial_scale=0.5,
-                pooled_height=3,
-                pooled_width=2,
-                sampling_ratio=ratio,
-                aligned=aligned,
-            )
-            check_array(got, expected, "roi_align", inputs=inputs, rois=rois)
+            inputs = op_call(x, rois, *args)
+            hints = [
+                offset_hint(
+                    lambda moved, ratio=ratio, aligned=aligned: ref_forward(
+                        x, moved, (3, 2), 0.5, ratio, aligned
+                    ),
+                    rois,
+                    0.5,
+                    aligned,
+                ),
+                count_hint(expected, rois, (3, 2), 0.5, ratio, aligned),
+            ]
+            check_array(got, expected, "roi_align", inputs=inputs, rois=rois, hints=hints)
 
 
 @points(1)
@@ -77,10 +99,15 @@ def test_forward_float32_and_no_rois(sub):
         "roi_align(float32)",
         rtol=1e-5,
         atol=1e-5,
+        inputs=op_call(x, rois, 0.5, 2, 2, 2, True),
     )
-    got = call(sub, x, np.zeros((0, 5), np.float32), 0.5, 2, 3, 2, True)
+    empty = np.zeros((0, 5), np.float32)
+    got = call(sub, x, empty, 0.5, 2, 3, 2, True)
     if tuple(got.shape) != (0, 3, 2, 3):
-        fail(f"roi_align with no RoIs: expected shape (0, 3, 2, 3), got {tuple(got.shape)}")
+        fail(
+            f"roi_align with no RoIs: expected shape (0, 3, 2, 3), got {tuple(got.shape)}\n  "
+            + op_call(x, empty, 0.5, 2, 3, 2, True).replace("\n", "\n  ")
+        )
 
 
 @probe
@@ -124,7 +151,7 @@ def test_backward_operator(sub):
     """backward operator: the input's gradient, against refimpl's backward"""
     rng = np.random.default_rng(82)
     x, rois = case(rng)
-    grad = rng.normal(size=(5, 3, 3, 2))
+    grad = drawn(rng, "rng.normal(size=(5, 3, 3, 2))")
     for aligned in (False, True):
         got = sub.roi_align_backward(
             torch.from_numpy(grad), torch.from_numpy(rois), 0.5, 3, 2, 2, 3, 8, 9, -1, aligned
@@ -132,7 +159,29 @@ def test_backward_operator(sub):
         if not isinstance(got, torch.Tensor):
             fail(f"roi_align_backward returned a {type(got).__name__}, not a Tensor")
         expected = ref_backward(x, rois, grad, (3, 2), 0.5, -1, aligned)
-        check_array(got.numpy(), expected, f"roi_align_backward (aligned={aligned})")
+        inputs = describe(
+            "roi_align_backward",
+            grad=torch.from_numpy(grad),
+            rois=torch.from_numpy(rois),
+            **{f"arg{i}": v for i, v in enumerate((0.5, 3, 2, 2, 3, 8, 9, -1, aligned))},
+        )
+        hints = [
+            offset_hint(
+                lambda moved, aligned=aligned: ref_backward(
+                    x, moved, grad, (3, 2), 0.5, -1, aligned
+                ),
+                rois,
+                0.5,
+                aligned,
+            )
+        ]
+        check_array(
+            got.numpy(),
+            expected,
+            f"roi_align_backward (aligned={aligned})",
+            inputs=inputs,
+            hints=hints,
+        )
 
 
 @points(1)
@@ -153,7 +202,7 @@ def test_autograd(sub):
     """autograd: y.backward(g) puts refimpl's gradient in x.grad, and none in the boxes"""
     rng = np.random.default_rng(83)
     x, rois = case(rng)
-    grad = rng.normal(size=(5, 3, 2, 2))
+    grad = drawn(rng, "rng.normal(size=(5, 3, 2, 2))")
     xt = torch.from_numpy(x).requires_grad_()
     y = sub.differentiable("roi_align")(xt, torch.from_numpy(rois), 0.5, 2, 2, 2, True)
     if y.grad_fn is None:
@@ -161,8 +210,19 @@ def test_autograd(sub):
             "roi_align's output has no grad_fn: register the autograd formula "
             "(roi_align.register_autograd(backward, setup_context=setup_context))"
         )
+    inputs = with_setup(
+        describe("roi_align", x=x, rois=rois, grad=grad),
+        "xt = torch.from_numpy(x).requires_grad_()",
+        "roi_align(xt, torch.from_numpy(rois), 0.5, 2, 2, 2, True)"
+        ".backward(torch.from_numpy(grad))",
+        "xt.grad",
+    )
     y.backward(torch.from_numpy(grad))
-    check_array(xt.grad.numpy(), ref_backward(x, rois, grad, 2, 0.5, 2, True), "x.grad")
+    expected = ref_backward(x, rois, grad, 2, 0.5, 2, True)
+    hints = [
+        offset_hint(lambda moved: ref_backward(x, moved, grad, 2, 0.5, 2, True), rois, 0.5, True)
+    ]
+    check_array(xt.grad.numpy(), expected, "x.grad", inputs=inputs, hints=hints)
 
 
 @points(2)
@@ -174,12 +234,17 @@ def test_gradcheck(sub):
     rt = torch.from_numpy(rois)
     op = sub.differentiable("roi_align")
     op(xt, rt, 0.5, 2, 2, -1, True).sum().backward()  # a stub fails here, plainly
+    again = "\n  " + with_setup(
+        describe("roi_align", x=x, rois=rois),
+        "xt, rt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(rois)",
+        "torch.autograd.gradcheck(lambda t: roi_align(t, rt, 0.5, 2, 2, -1, True), (xt,))",
+    ).replace("\n", "\n  ")
     try:
         ok = torch.autograd.gradcheck(lambda t: op(t, rt, 0.5, 2, 2, -1, True), (xt,))
     except Exception as e:
-        fail(f"gradcheck: {type(e).__name__}: {str(e)[:600]}")
+        fail(f"gradcheck: {type(e).__name__}: {str(e)[:600]}{again}")
     if not ok:
-        fail("gradcheck returned False")
+        fail(f"gradcheck returned False{again}")
 
 
 @probe
@@ -212,7 +277,13 @@ def test_opcheck(sub):
     if status == "not-implemented":
         fail("`roi_align` is not implemented yet (it raises NotImplementedError)")
     if status != "ok":
-        fail(f"opcheck failed: {str(message)[:800]}")
+        again = with_setup(
+            describe("roi_align", x=x, rois=rois),
+            "args = (torch.from_numpy(x).requires_grad_(), torch.from_numpy(rois), 0.5, 2, 3, 2, "
+            "True)",
+            "torch.library.opcheck(roi_align, args)",
+        ).replace("\n", "\n  ")
+        fail(f"opcheck failed: {str(message)[:800]}\n  {again}")
 
 
 @probe
@@ -251,9 +322,17 @@ def test_torch_compile(sub):
     status, got = _compiled_grad(sub, x, rois)
     if status == "not-implemented":
         fail("`roi_align` is not implemented yet (it raises NotImplementedError)")
+    repro = with_setup(
+        describe("roi_align", x=x, rois=rois),
+        "rt = torch.from_numpy(rois); xt = torch.from_numpy(x).requires_grad_()",
+        "loss = torch.compile(lambda t: (roi_align(t, rt, 0.5, 2, 2, 2, True) ** 2).sum(), "
+        'backend="aot_eager", fullgraph=True)',
+        "torch.autograd.grad(loss(xt), xt)",
+    )
+    again = "\n  " + repro.replace("\n", "\n  ")
     if status != "ok":
-        fail(f"torch.compile failed: {str(got)[:800]}")
+        fail(f"torch.compile failed: {str(got)[:800]}{again}")
     # the reference: d/dx sum(y^2) = backward(x, rois, 2 y), both from refimpl's definition
     y = ref_forward(x, rois, 2, 0.5, 2, True)
     expected = ref_backward(x, rois, 2 * y, 2, 0.5, 2, True)
-    check_array(got, expected, "the gradient through torch.compile")
+    check_array(got, expected, "the gradient through torch.compile", inputs=repro)
