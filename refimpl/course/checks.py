@@ -23,6 +23,14 @@ the docstring is the title learners see. A test fails by raising: :class:`Feedba
 ``AssertionError``) carries a message written for the learner, anything else is reported
 with the part of its traceback that lies in the learner's cells.
 
+Feedback says how to reproduce a failure: :func:`describe` prints the inputs' recipes and the
+call as the learner types it. Inputs from :func:`case`, :func:`random_features`,
+:func:`random_rois` have a recipe; other random ones are made with :func:`drawn` (``x =
+drawn(rng, "rng.normal(size=(2, 3))")`` is rebuilt as ``rng = checks.rng_at(...); x = ...``),
+small ones print as literals, and :class:`Code` stands for an argument given as source.
+``hints`` name a likely cause (see :func:`check_array`, :func:`offset_hint`,
+:func:`count_hint`).
+
 A grading module may also set ``GIVENS`` (what the sandbox may import from refimpl,
 :mod:`refimpl.course.givens`), ``ENVIRONMENT`` (variables the sandbox starts with) and
 ``LIMIT_HINT`` (what to suggest when the learner's code runs past its CPU time).

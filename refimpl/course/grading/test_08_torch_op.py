@@ -133,6 +133,23 @@ def fake_result(sub, name, shapes, dtypes, args):
     return [(tuple(int(v) for v in shape), str(dtype)) for shape, dtype in got]
 
 
+def fake_cause(shape):
+    if shape == (7, 4, 5, 3):
+        return "pooled_height and pooled_width swapped: the output is [K, C, PH, PW]"
+    return (
+        "the fake kernel returns input.new_empty((rois.shape[0], input.shape[1], "
+        "pooled_height, pooled_width)), in the input's dtype, computing nothing"
+    )
+
+
+def fake_call(call):
+    """How to call the op on fake tensors in the notebook."""
+    return (
+        "  to reproduce:\n      with torch._subclasses.fake_tensor.FakeTensorMode():\n"
+        f"          print({call}.shape)"
+    )
+
+
 @points(2)
 def test_fake_kernel(sub):
     """fake kernel: the output's shape and dtype from fake tensors, without computing"""
@@ -142,7 +159,12 @@ def test_fake_kernel(sub):
         if shape != (7, 4, 3, 5) or dtype != f"torch.{want}":
             fail(
                 f"with fake tensors x [2, 4, 10, 12], rois [7, 5] (torch.{want}) and pooled 3x5, "
-                f"roi_align gave shape {shape}, {dtype[:40]}; expected (7, 4, 3, 5)"
+                f"roi_align gave shape {shape}, {dtype[:40]}; expected (7, 4, 3, 5)\n"
+                f"  likely cause: {fake_cause(shape)}\n"
+                + fake_call(
+                    f"roi_align(torch.empty(2, 4, 10, 12, dtype=torch.{want}), "
+                    f"torch.empty(7, 5, dtype=torch.{want}), 0.25, 3, 5, 2, False)"
+                )
             )
 
 
@@ -193,7 +215,11 @@ def test_backward_fake_kernel(sub):
     if shape != (2, 4, 10, 12) or dtype != "torch.float32":
         fail(
             f"roi_align_backward's fake kernel gave {shape}, {dtype[:40]}; "
-            "expected (2, 4, 10, 12), torch.float32"
+            "expected (2, 4, 10, 12), torch.float32\n"
+            + fake_call(
+                "roi_align_backward(torch.empty(7, 4, 3, 5), torch.empty(7, 5), 0.25, 3, 5, 2, 4, "
+                "10, 12, 2, False)"
+            )
         )
 
 

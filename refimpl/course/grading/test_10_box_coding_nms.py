@@ -268,7 +268,10 @@ def test_nms_ties_and_edges(sub):
         )
     got = as_array(sub.nms(np.zeros((0, 4)), np.zeros(0), 0.5), "nms(no boxes)")
     if got.size != 0:
-        fail(f"nms of no boxes: expected no indices, got {got}")
+        fail(
+            f"nms of no boxes: expected no indices, got {got}\n  to reproduce:\n"
+            "    nms(np.zeros((0, 4)), np.zeros(0), 0.5)"
+        )
 
 
 @points(3)
