@@ -326,4 +326,10 @@ def test_histogram_race_free(sub):
     if status != "ok" or not isinstance(found, list):
         fail(f"the race detector could not run `histogram_kernel` in Python ({str(found)[:300]})")
     if found:
-        fail(f"`histogram_kernel` races: {str(found[0])[:300]}; give each chunk its own row")
+        fail(
+            f"`histogram_kernel` races: {str(found[0])[:300]}; give each chunk its own row\n"
+            "  to reproduce:\n      from refimpl.course.races import find_races\n"
+            "      bins = np.random.default_rng(67).integers(0, 3, size=40)\n"
+            "      find_races(histogram_kernel, (bins, np.zeros((4, 3))), outputs=(1,), "
+            "names=('partial',))"
+        )
