@@ -64,6 +64,8 @@ def enter_new_root(plan: dict[str, Any]) -> None:
     root = plan["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    # the private /tmp before the binds, which land on top of it (a venv under /tmp stays)
+    tmpfs(root, "/tmp", plan["tmp_bytes"], "1777")
     for op in plan["ops"]:
         if op["kind"] == "ro":
             bind(root, op["src"], op["dst"])
@@ -79,7 +81,6 @@ def enter_new_root(plan: dict[str, Any]) -> None:
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
         os.symlink(target, f"{root}/dev/{name}")
     tmpfs(root, "/dev/shm", plan["shm_bytes"], "1777")
-    tmpfs(root, "/tmp", plan["tmp_bytes"], "1777")
     os.makedirs(f"{root}/proc", exist_ok=True)
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.makedirs(f"{root}/.old", exist_ok=True)

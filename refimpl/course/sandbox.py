@@ -432,10 +432,12 @@ class Sandbox:
             cmd = [
                 self.backend_note,
                 *_bwrap_flags(),
+                # the private /tmp first: the binds land on top of it, so an interpreter or
+                # a venv that lives under /tmp (a CI checkout there) stays visible
+                "--perms", "1777", "--size", tmp, "--tmpfs", "/tmp",
                 *plan.to_bwrap(),
                 "--proc", "/proc",
                 "--dev", "/dev",
-                "--perms", "1777", "--size", tmp, "--tmpfs", "/tmp",
                 "--perms", "1777", "--size", shm, "--tmpfs", "/dev/shm",
                 "--chdir", "/tmp",
                 "--",
