@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
+from refimpl.data.rectangles import rectangles_batch
 from refimpl.model import LOSS_NAMES, PartError, Parts, maskrcnn_fpn, maskrcnn_small
 from refimpl.model.losses import project_masks_on_boxes, sigmoid_mask_loss
 from refimpl.model.parts import PART_NAMES, SPECS
@@ -429,26 +430,7 @@ def check_parts(parts: Parts) -> list[PartResult]:
 
 def example_batch(size: int = 64, num_images: int = 2, seed: int = 3):
     """float64 images with two filled rectangles each (fractional boxes, classes 1 and 2)."""
-    g = torch.Generator().manual_seed(seed)
-    images, targets = [], []
-    for i in range(num_images):
-        img = torch.rand(3, size, size, generator=g, dtype=D) * 0.3
-        boxes, masks = [], []
-        for k in range(2):
-            x1, y1 = (torch.rand(2, generator=g) * size * 0.5 + 0.3).tolist()
-            w, h = (torch.rand(2, generator=g) * size * 0.3 + size * 0.15).tolist()
-            box = [x1, y1, min(x1 + w, size - 1.3), min(y1 + h, size - 1.7)]
-            mask = torch.zeros(size, size, dtype=torch.uint8)
-            mask[int(box[1]) + 1 : int(box[3]), int(box[0]) + 1 : int(box[2])] = 1
-            img[:, mask.bool()] = 0.5 + 0.4 * k + 0.05 * i
-            boxes.append(box)
-            masks.append(mask)
-        images.append(img)
-        targets.append(
-            {"boxes": torch.tensor(boxes, dtype=D), "labels": torch.tensor([1, 2]),
-             "masks": torch.stack(masks)}
-        )  # fmt: skip
-    return images, targets
+    return rectangles_batch(size, num_images, D, seed)
 
 
 def _outputs(parts: Parts | None, options: Mapping[str, Any], seed: int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from refimpl.data.rectangles import rectangles_batch
 from refimpl.model import MaskRCNN, maskrcnn_fpn
 
 # A Mask R-CNN small enough for float64 gradient checks: 64 x 64 images, 4-wide ResNet,
@@ -31,26 +32,4 @@ def tiny_model(num_classes: int = 3, **kwargs) -> MaskRCNN:
 
 def synthetic_batch(size: int = 128, num_images: int = 2, dtype=torch.float32, seed: int = 0):
     """Random images, each with two filled rectangles (fractional boxes) of classes 1 and 2."""
-    g = torch.Generator().manual_seed(seed)
-    images, targets = [], []
-    for i in range(num_images):
-        img = torch.rand(3, size, size, generator=g, dtype=dtype) * 0.3
-        boxes, masks = [], []
-        for k in range(2):
-            x1, y1 = (torch.rand(2, generator=g) * size * 0.5 + 0.3).tolist()
-            w, h = (torch.rand(2, generator=g) * size * 0.3 + size * 0.15).tolist()
-            box = [x1, y1, min(x1 + w, size - 1.3), min(y1 + h, size - 1.7)]
-            mask = torch.zeros(size, size, dtype=torch.uint8)
-            mask[int(box[1]) + 1 : int(box[3]), int(box[0]) + 1 : int(box[2])] = 1
-            img[:, mask.bool()] = 0.5 + 0.4 * k + 0.05 * i
-            boxes.append(box)
-            masks.append(mask)
-        images.append(img)
-        targets.append(
-            {
-                "boxes": torch.tensor(boxes, dtype=dtype),
-                "labels": torch.tensor([1, 2]),
-                "masks": torch.stack(masks),
-            }
-        )
-    return images, targets
+    return rectangles_batch(size, num_images, dtype, seed)
