@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     overhead = sub.add_parser("overhead", help="the torch op layer against the bare kernels")
     overhead.add_argument("--repeats", type=int, default=7, help="timed runs per cell (median)")
     overhead.add_argument("--quick", action="store_true", help="a tiny workload")
+    overhead.add_argument("--json", default=None, metavar="PATH", help="also write the rows")
     sub.add_parser(
         "model", help="Mask R-CNN step and inference against torchvision's", add_help=False
     )
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = bench_overhead(workloads, args.repeats, log=lambda s: print(s, flush=True))
         print()
         print(format_overhead(rows, args.repeats))
+        if args.json:
+            _write_json(args.json, {"repeats": args.repeats, "rows": rows})
         return 0
 
     if args.repeats < 1:
@@ -97,18 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(note)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "header": header,
-                    "workloads": [asdict(w) for w in workloads],
-                    "notes": notes,
-                    "rows": [asdict(r) for r in rows],
-                },
-                f,
-                indent=1,
-            )
+        rows_json = [asdict(r) for r in rows]
+        _write_json(args.json, {"header": header, "workloads": [asdict(w) for w in workloads],
+                                "notes": notes, "rows": rows_json})  # fmt: skip
     return 0
+
+
+def _write_json(path: str, result: dict) -> None:
+    """``result`` and the provenance of this run (command, commit, CPU, versions, load)."""
+    from refimpl.engine.provenance import provenance
+
+    with open(path, "w") as f:
+        json.dump({**result, "provenance": provenance()}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ interleaved, median of ``--repeats`` runs after a warm-up.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=320, help="image side (min_size = max_size)")
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the result")
     args = parser.parse_args(argv)
 
     import torch
@@ -77,17 +79,30 @@ def main(argv: list[str] | None = None) -> int:
                 fn()
                 times[k].append(time.perf_counter() - start)
         tv, us = (statistics.median(times[k]) * 1e3 for k in ("torchvision", "refimpl"))
-        rows.append((name, tv, us))
+        rows.append({"pass": name, "torchvision_ms": tv, "refimpl_ms": us})
         print(f"{name}: torchvision {tv:.0f} ms, refimpl {us:.0f} ms", flush=True)
-    print()
-    print(
+    header = (
         f"maskrcnn_resnet50_fpn, {args.images} images {args.size}x{args.size}, CPU, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), torchvision "
         f"{torchvision.__version__}, median of {args.repeats}"
     )
+    result = {"header": header, "rows": rows}
     print()
-    print("| pass | torchvision ms | refimpl ms | speed ratio |")
-    print("|---|---:|---:|---:|")
-    for name, tv, us in rows:
-        print(f"| {name} | {tv:.0f} | {us:.0f} | {tv / us:.2f}x |")
+    print(format_model(result))
+    if args.json:
+        from refimpl.engine.provenance import provenance
+
+        result["provenance"] = provenance()
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
     return 0
+
+
+def format_model(result: dict) -> str:
+    """The header line and a markdown table: each pass, both times and their ratio."""
+    lines = [result["header"], "", "| pass | torchvision ms | refimpl ms | speed ratio |",
+             "|---|---:|---:|---:|"]  # fmt: skip
+    for r in result["rows"]:
+        tv, us = r["torchvision_ms"], r["refimpl_ms"]
+        lines.append(f"| {r['pass']} | {tv:.0f} | {us:.0f} | {tv / us:.2f}x |")
+    return "\n".join(lines)

@@ -17,6 +17,7 @@ from .checkpoint import load_model
 from .config import PRESETS, TrainConfig
 from .evaluate import format_metrics
 from .predict import predict
+from .provenance import provenance
 from .train import train
 
 DEMO_DATA = {"train": 2000, "val": 200}  # shapes images; the training settings: PRESETS
@@ -91,6 +92,7 @@ def main(args) -> int:
                     "figure": round(t_end - t_train, 1), "total": round(t_end - t0, 1)},
         "train": fields,
         "data": {"train": args.train, "val": args.val, "seed": args.seed},
+        "provenance": provenance(),
     }  # fmt: skip
     (out / "demo.json").write_text(json.dumps(report, indent=2))
     print(format_metrics(summary))
