@@ -182,8 +182,9 @@ def test_the_learners_parts_run_the_trained_weights(solved):
         capstone.trained_model(None)
 
 
-def test_the_long_tier_trains_with_the_learners_parts_and_reports_the_ap(monkeypatch):
-    """The --long grading test's path, at a toy size (1 iteration: the AP is far below)."""
+def test_the_long_tier_trains_with_the_learners_parts_and_reports_the_ap(monkeypatch, tmp_path):
+    """The --long grading test's path, at a toy size (1 iteration: the AP is far below), and
+    the summary it writes for scripts/capstone_long.py."""
     from refimpl.course.checks import Feedback
     from refimpl.course.grading import test_14_capstone as grading
     from refimpl.course.grading.conftest import load_solution
@@ -191,11 +192,15 @@ def test_the_long_tier_trains_with_the_learners_parts_and_reports_the_ap(monkeyp
     sub = load_solution("14_capstone")
     monkeypatch.setitem(grading.LONG, "train_images", 4)
     monkeypatch.setitem(grading.LONG, "val_images", 2)
-    monkeypatch.setitem(grading.LONG, "seconds", 1e-3)
+    monkeypatch.setitem(grading.LONG, "iters", 1)
+    monkeypatch.setenv(grading.REPORT_ENV, str(tmp_path / "report.json"))
     with pytest.raises(
-        Feedback, match=r"after 1 iterations .* mask AP 0\.\d+, AP50 0\.\d+; the target"
+        Feedback, match=r"after 1 iterations \(\d+\.\d min\): mask AP 0\.\d+, AP50 0\.\d+; the"
     ):
         grading.test_training_target(sub)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["iterations"] == 1 and report["val_images"] == 2 and report["train_s"] > 0
+    assert set(report["segm"]) >= {"AP", "AP50", "AP75"}
 
 
 def check_op_over_own_kernels(folder: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
@@ -116,19 +115,23 @@ def test_gradcheck_model(sub):
 # --- the long tier (--long): the training target ---------------------------------------------
 
 # The demo's recipe (refimpl.engine.config.PRESETS["shapes-demo"]: maskrcnn_small from
-# scratch, batch 8, lr 0.04, cosine, clipped gradients) for a fixed time, with the learner's
-# parts, then COCO mask AP on the validation images. In-process (capstone.train, not through
-# the sandbox) with all the solutions' parts, 14 min on a shared 2-core machine made 825
-# iterations: mask AP 0.656, AP50 0.851 (README, stage 3). Through the sandbox every part
-# call is a remote call: NOT TIMED yet, so the 15 minutes here are not calibrated.
-LONG = {"train_images": 2000, "val_images": 200, "seconds": 900.0, "ap": 0.5, "ap50": 0.85}
+# scratch, batch 8, lr 0.04, warm-up then cosine, clipped gradients) for a fixed number of
+# iterations with the learner's parts, then COCO mask AP on the validation images. A fixed
+# number of iterations, not a time budget, so that the grade does not depend on how fast or
+# how busy the grading machine is (the demo's 10-minute budget would buy a loaded machine
+# fewer iterations and a lower AP); how long it takes is reported, not graded. The number and
+# its time on 2 cores: docs/results/capstone.json (scripts/capstone_long.py), quoted in the
+# README.
+LONG = {"train_images": 2000, "val_images": 200, "iters": 800, "ap": 0.5, "ap50": 0.85}
+REPORT_ENV = "REFIMPL_CAPSTONE_REPORT"  # scripts/capstone_long.py: where to write the summary
 
 
-@pytest.mark.skipif(os.environ.get("REFIMPL_GRADE_LONG") != "1", reason="the long tier: 15 min")
 @points(5, timeout=3600, long=True)
 def test_training_target(sub):
     """--long: trained with your parts, your model reaches mask AP >= 0.5, AP50 >= 0.85"""
+    import json
     import tempfile
+    import time
     from pathlib import Path
 
     from refimpl.data import write_shapes_dataset
@@ -138,12 +141,19 @@ def test_training_target(sub):
         data = Path(tmp) / "data"
         write_shapes_dataset(data, train=LONG["train_images"], val=LONG["val_images"], seed=0)
         recipe = {k: v for k, v in PRESETS["shapes-demo"].items() if k != "model"}
-        recipe.update(time_budget_s=LONG["seconds"], progress=False)
+        recipe.update(iters=LONG["iters"], time_budget_s=None, progress=False)
+        start = time.perf_counter()
         summary = capstone.train(learner_parts(sub), data, Path(tmp) / "run", **recipe)
+        seconds = time.perf_counter() - start
     segm = summary.get("segm") or {}
     ap, ap50 = segm.get("AP", 0.0), segm.get("AP50", 0.0)
+    if os.environ.get(REPORT_ENV):
+        report = {"iterations": summary.get("iteration"), "train_s": round(seconds, 1),
+                  "val_images": summary.get("images"), "segm": summary.get("segm"),
+                  "bbox": summary.get("bbox")}  # fmt: skip
+        Path(os.environ[REPORT_ENV]).write_text(json.dumps(report, indent=2) + "\n")
     if ap < LONG["ap"] or ap50 < LONG["ap50"]:
         fail(
-            f"after {summary.get('iteration')} iterations ({LONG['seconds']:.0f} s): mask AP "
+            f"after {summary.get('iteration')} iterations ({seconds / 60:.1f} min): mask AP "
             f"{ap:.3f}, AP50 {ap50:.3f}; the target is AP >= {LONG['ap']}, AP50 >= {LONG['ap50']}"
         )
