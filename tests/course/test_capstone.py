@@ -237,3 +237,29 @@ def test_exercise_8_op_runs_the_learners_own_kernels(tmp_path, kernels, notebook
     first["source"] = text.replace('KERNELS = "refimpl"', f"KERNELS = {kernels!r}")
     write(nb, tmp_path, "08_torch_op")
     in_subprocess(check_op_over_own_kernels, str(tmp_path))
+
+
+def test_pytest_skips_the_long_tier_unless_asked(tmp_path):
+    """Under pytest (the suite collects refimpl/course/grading), a ``long=True`` grading test is
+    skipped, saying how to run it, unless REFIMPL_GRADE_LONG=1: as the grader without --long.
+    (Not run with the variable set here: that is the 15-minute training.)"""
+    import os
+    import subprocess
+    import sys
+
+    from refimpl.course.grading.conftest import LONG_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != LONG_ENV}
+    test = Path(grading_module_path()).as_posix() + "::test_training_target"
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", test],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "1 skipped" in out.stdout and f"{LONG_ENV}=1 runs it" in out.stdout, out.stdout
+
+
+def grading_module_path() -> str:
+    from refimpl.course.grading import test_14_capstone
+
+    return test_14_capstone.__file__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from refimpl.course.grade import grading_cells
 from refimpl.course.runner import run_cells
 
 SOLUTIONS = Path(__file__).resolve().parents[3] / "solutions"
+LONG_ENV = "REFIMPL_GRADE_LONG"  # as the grader's --long: @points(..., long=True) tests run
 _cache: dict[str, Submission] = {}
 
 
@@ -38,6 +40,11 @@ def load_solution(exercise: str) -> Submission:
 def sub(request) -> Submission:
     """The solution notebook of this module's exercise (test_02_roi_pool.py -> 02_roi_pool)."""
     exercise = Path(request.module.__file__).stem.removeprefix("test_")
+    if getattr(request.function, "long", False) and os.environ.get(LONG_ENV) != "1":
+        pytest.skip(
+            f"the long tier (minutes of training): {LONG_ENV}=1 runs it here, or grade with "
+            f"python -m refimpl.grade solutions/{exercise}.ipynb --long"
+        )
     if getattr(request.module, "SIMULATED", False) and not _cuda_simulator():
         pytest.skip(
             "needs numba's CUDA simulator, set before numba is imported: tests/course grades "
