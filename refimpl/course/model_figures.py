@@ -312,13 +312,14 @@ def _bars_from_zero(ax, names, values, color, ylabel, errors=None, top=None) -> 
     """One quantity on one axis, starting at zero (no cut axis exaggerates a gap)."""
     xs = np.arange(len(names))
     ax.bar(xs, values, 0.6, color=color, yerr=errors, capsize=3 if errors is not None else 0)
-    highest = np.nanmax(values) if np.isfinite(values).any() else 0.0
-    ax.set_ylim(0, top if top is not None else max(1.1 * highest, 1.0))  # all-zero runs too
+    ends = np.asarray(values, float) + (0.0 if errors is None else np.asarray(errors, float))
+    highest = np.nanmax(ends) if np.isfinite(ends).any() else 0.0
+    ax.set_ylim(0, top if top is not None else max(1.12 * highest, 1.0))  # all-zero runs too
     ax.set_ylabel(ylabel)
     ax.set_xticks(xs, names, fontsize=8, rotation=20, ha="right")
-    for x, v in zip(xs, values, strict=True):
-        if np.isfinite(v):
-            ax.annotate(f"{v:.3g}", (x, v), ha="center", va="bottom", fontsize=7,
+    for x, v, end in zip(xs, values, ends, strict=True):
+        if np.isfinite(v):  # the label above the error bar, not on it
+            ax.annotate(f"{v:.3g}", (x, end), ha="center", va="bottom", fontsize=7,
                         xytext=(0, 2), textcoords="offset points")  # fmt: skip
 
 
