@@ -33,3 +33,44 @@ def test_reference_weights_section_quotes_the_card():
         quoted = [float(c.strip(" *")) for c in cells.group(1).split("|")]
         want = [round(100 * m[iou_type][k], 1) for k in ("AP", "AP50", "AP75")]
         assert quoted == want, (row, quoted, want)
+
+
+def test_every_measured_block_is_rendered_from_its_committed_result():
+    """The README's measured figures (demo, speed tables, ablation, capstone) are the blocks
+    that ``refimpl.engine.results`` renders from ``docs/results/*.json``: none is stale."""
+    from refimpl.engine import results
+
+    written = results.blocks(README)
+    assert set(written) == set(results.RENDER), "a results block is missing from the README"
+    for name, body in results.blocks(results.rendered(README)).items():
+        assert written[name] == body, f"stale: {name} (refimpl.engine.results --write)"
+
+
+def test_a_changed_figure_is_caught(tmp_path, monkeypatch):
+    """The check can fail: one changed figure in a result file makes its block stale."""
+    import json
+
+    from refimpl.engine import results
+
+    demo = results.load("demo")
+    demo["segm"]["AP"] = demo["segm"]["AP"] / 2
+    (tmp_path / "demo.json").write_text(json.dumps(demo))
+    for name in set(results.RENDER) - {"demo"}:
+        (tmp_path / f"{name}.json").write_text((results.RESULTS / f"{name}.json").read_text())
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    stale = results.blocks(results.rendered(README))
+    assert stale["demo"] != results.blocks(README)["demo"]
+    assert all(stale[n] == results.blocks(README)[n] for n in set(stale) - {"demo"})
+
+
+def test_the_capstone_prose_says_whether_the_time_target_holds():
+    """The README says the capstone's grading runs past its 15 minutes only while the
+    committed measurement does (and the AP target is met)."""
+    from refimpl.course.grading.test_14_capstone import LONG
+    from refimpl.engine import results
+
+    r = results.load("capstone")
+    assert r["iterations"] == LONG["iters"] and r["score"] == r["max_score"]
+    assert r["segm"]["AP"] >= LONG["ap"] and r["segm"]["AP50"] >= LONG["ap50"]
+    over = "the grading takes longer than the\n15 minutes set for it" in README
+    assert over == (r["wall_s"] > 15 * 60), (over, r["wall_s"])
