@@ -204,6 +204,12 @@ def rendered(text: str) -> str:
     return BLOCK.sub(one, text)
 
 
+def stale(text: str) -> list[str]:
+    """The result blocks of ``text`` that are missing or differ from their rendering."""
+    written, fresh = blocks(text), blocks(rendered(text))
+    return sorted(n for n in RENDER if n not in written or written[n] != fresh[n])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refimpl.engine.results", description=__doc__)
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -211,15 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="rewrite the README's blocks")
     args = parser.parse_args(argv)
     text = README.read_text()
-    new = rendered(text)
     if args.write:
-        README.write_text(new)
+        README.write_text(rendered(text))
         write_figures()
         return 0
-    stale = [n for n, body in blocks(new).items() if blocks(text).get(n) != body]
-    for name in stale:
-        print(f"README block {name!r} differs from docs/results: run --write", file=sys.stderr)
-    return 1 if stale else 0
+    names = stale(text)
+    for name in names:
+        print(f"README block {name!r} is missing or differs from docs/results", file=sys.stderr)
+    return 1 if names else 0
 
 
 if __name__ == "__main__":
