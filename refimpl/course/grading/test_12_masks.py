@@ -286,6 +286,19 @@ def test_losses_no_rois(sub):
             )
 
 
+def check_paste(sub, mask, box, height=64, width=80):
+    """The learner's ``paste_mask`` of ``mask`` in ``box`` ([1, 4]) against refimpl's."""
+    got = tensor(sub.paste_mask(mask.clone(), box[0].clone(), height, width), "paste_mask")
+    expected = transform.paste_masks_in_image(mask[None, None], box, (height, width))[0, 0]
+    check_array(
+        got,
+        expected.numpy(),
+        "paste_mask",
+        inputs=describe("paste_mask", mask=mask, box=box[0], height=height, width=width),
+        hints=paste_hints(mask, box[0], height, width),
+    )
+
+
 @points(3)
 def test_paste_mask(sub):
     """paste_mask: random masks and boxes, against paste_masks_in_image"""
@@ -295,15 +308,7 @@ def test_paste_mask(sub):
         mask = drawn(rng, f"torch.from_numpy(rng.uniform(0, 1, ({m}, {m})))")
         xy = rng.uniform(0, 50, 2)
         box = torch.from_numpy(np.concatenate([xy, xy + rng.uniform(4, 40, 2)]))[None]
-        got = tensor(sub.paste_mask(mask.clone(), box[0].clone(), 64, 80), "paste_mask")
-        expected = transform.paste_masks_in_image(mask[None, None], box, (64, 80))[0, 0].numpy()
-        check_array(
-            got,
-            expected,
-            "paste_mask",
-            inputs=describe("paste_mask", mask=mask, box=box[0], height=64, width=80),
-            hints=paste_hints(mask, box[0], 64, 80),
-        )
+        check_paste(sub, mask, box)
 
 
 @points(1)
@@ -318,12 +323,4 @@ def test_paste_mask_edges(sub):
         [100.0, 100.0, 120.0, 110.0],
     ):
         box = torch.tensor([b], dtype=torch.float64)
-        got = tensor(sub.paste_mask(mask.clone(), box[0], 64, 80), "paste_mask")
-        expected = transform.paste_masks_in_image(mask[None, None], box, (64, 80))[0, 0].numpy()
-        check_array(
-            got,
-            expected,
-            "paste_mask",
-            inputs=describe("paste_mask", mask=mask, box=box[0], height=64, width=80),
-            hints=paste_hints(mask, box[0], 64, 80),
-        )
+        check_paste(sub, mask, box)
