@@ -27,23 +27,38 @@ NOTEBOOKS = ["04_roi_align_forward", "05_roi_align_backward", "06_numba", "08_to
              "09_anchors", "10_box_coding_nms", "11_matcher_sampler", "12_masks",
              "14_capstone"]  # fmt: skip
 SKIPPED = 4  # iterations not counted: numba compiles, the allocator warms up
-# (name, what it is, exercise 8's KERNELS or None for refimpl's parts, parts left to refimpl)
+# (name, what it is, exercise 8's KERNELS or None for refimpl's parts, parts left to refimpl,
+# exercise 10's NMS: the solution's blocked pass or the direct loop of LOOP_NMS)
 VARIANTS = [
-    ("refimpl", "refimpl's parts (the baseline)", None, ()),
+    ("refimpl", "refimpl's parts (the baseline)", None, (), "blocked"),
     ("solutions", "every part of the solutions; exercise 8 over refimpl's NumPy kernels",
-     "refimpl", ()),
+     "refimpl", (), "blocked"),
     ("solutions-numpy", "every part; exercise 8 over the learner's NumPy kernels (ex. 4-5)",
-     "numpy", ()),
+     "numpy", (), "blocked"),
     ("solutions-numba", "every part; exercise 8 over the learner's Numba kernel (ex. 6)",
-     "numba", ()),
+     "numba", (), "blocked"),
+    ("solutions-loop-nms", "every part; exercise 10's NMS the direct loop (a box_iou row "
+     "per kept box)", "refimpl", (), "loop"),
     ("solutions-no-nms", "every part but exercise 10's NMS (refimpl's, compiled)",
-     "refimpl", ("nms", "batched_nms")),
+     "refimpl", ("nms", "batched_nms"), "blocked"),
 ]  # fmt: skip
+# The NMS most learners write first (exercise 10's hint), in place of the solution's.
+LOOP_NMS = """def nms(boxes, scores, iou_threshold):
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        iou = box_iou(boxes[best][None], boxes[rest])[0]
+        order = rest[~(iou > iou_threshold)]
+    return np.array(keep, dtype=np.int64)
+"""
 
 
-def one(kernels: str | None, refimpl_parts: list[str], iters: int, threads: int) -> dict:
+def one(kernels: str | None, refimpl_parts: list[str], nms: str, iters: int, threads: int) -> dict:
     """Train ``iters`` iterations with one variant's parts; its per-iteration times."""
     from refimpl.course import capstone
+    from refimpl.course.learner import choose_kernels
     from refimpl.data import write_shapes_dataset
     from refimpl.engine.config import PRESETS
     from refimpl.model import Parts
@@ -56,13 +71,14 @@ def one(kernels: str | None, refimpl_parts: list[str], iters: int, threads: int)
         else:
             for name in NOTEBOOKS:
                 shutil.copy(ROOT / "solutions" / f"{name}.ipynb", tmp)
-            ex08 = tmp / "08_torch_op.ipynb"
-            nb = json.loads(ex08.read_text())
-            cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
-            text = "".join(cell["source"])
-            assert text.count('KERNELS = "refimpl"') == 1, "exercise 8's first cell changed"
-            cell["source"] = text.replace('KERNELS = "refimpl"', f"KERNELS = {kernels!r}")
-            ex08.write_text(json.dumps(nb))
+            choose_kernels(tmp / "08_torch_op.ipynb", kernels)
+            if nms == "loop":
+                ex10 = tmp / "10_box_coding_nms.ipynb"
+                nb = json.loads(ex10.read_text())
+                grade_id = lambda c: c["metadata"].get("nbgrader", {}).get("grade_id")  # noqa: E731
+                (cell,) = [c for c in nb["cells"] if grade_id(c) == "nms"]
+                cell["source"] = LOOP_NMS
+                ex10.write_text(json.dumps(nb))
             use = [n for n in PART_NAMES if n not in refimpl_parts]
             parts = capstone.parts_from_notebooks(tmp, use=use, strict=True).parts
         write_shapes_dataset(tmp / "data", train=200, val=8, seed=0)
@@ -83,15 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a variant, in its own process
     args = parser.parse_args(argv)
     if args.one:
-        _, _, kernels, refimpl_parts = next(v for v in VARIANTS if v[0] == args.one)
-        print(json.dumps(one(kernels, list(refimpl_parts), args.iters, args.threads)))
+        _, _, kernels, refimpl_parts, nms = next(v for v in VARIANTS if v[0] == args.one)
+        print(json.dumps(one(kernels, list(refimpl_parts), nms, args.iters, args.threads)))
         return 0
 
     from refimpl.engine.provenance import provenance
 
     result = {"iters": args.iters, "skipped": SKIPPED, "threads": args.threads,
               "provenance": provenance(), "variants": []}  # fmt: skip
-    for name, what, _, _ in VARIANTS:
+    for name, what, *_ in VARIANTS:
         command = [sys.executable, __file__, "--one", name, "--iters", str(args.iters),
                    "--threads", str(args.threads)]  # fmt: skip
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -15,14 +15,13 @@ import pytest
 from torch.autograd.gradcheck import GradcheckError
 
 from refimpl.course import capstone
-from refimpl.course.learner import load
+from refimpl.course.learner import choose_kernels, load
 from refimpl.engine.config import TrainConfig, config_record
 from refimpl.model import PartError, Parts
 from refimpl.model.parts import PART_NAMES
 from refimpl.ops import roi_align
 
-from .conftest import EXERCISES, SOLUTIONS, source, write
-from .conftest import load as load_json
+from .conftest import EXERCISES, SOLUTIONS
 
 
 @pytest.fixture(scope="module")
@@ -230,12 +229,7 @@ def test_exercise_8_op_runs_the_learners_own_kernels(tmp_path, kernels, notebook
 
     for name in ["08_torch_op", *notebooks]:
         shutil.copy(SOLUTIONS / f"{name}.ipynb", tmp_path)
-    nb = load_json(tmp_path / "08_torch_op.ipynb")
-    first = next(c for c in nb["cells"] if c["cell_type"] == "code")
-    text = source(first)
-    assert text.count('KERNELS = "refimpl"') == 1
-    first["source"] = text.replace('KERNELS = "refimpl"', f"KERNELS = {kernels!r}")
-    write(nb, tmp_path, "08_torch_op")
+    choose_kernels(tmp_path / "08_torch_op.ipynb", kernels)
     in_subprocess(check_op_over_own_kernels, str(tmp_path))
 
 

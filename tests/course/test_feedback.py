@@ -55,7 +55,12 @@ def test_nms_suppressing_at_equal_iou(tmp_path, solution):
     edit(
         nb,
         "nms",
-        [("order = rest[~(iou > iou_threshold)]", "order = rest[~(iou >= iou_threshold)]")],
+        [
+            (
+                "return box_iou(boxes[a], boxes[b]) > iou_threshold",
+                "return box_iou(boxes[a], boxes[b]) >= iou_threshold",
+            )
+        ],
     )
     out, lost = outputs(tmp_path, nb, "10_box_coding_nms")
     assert lost == {"test_nms_ties_and_edges"}

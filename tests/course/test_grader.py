@@ -382,8 +382,20 @@ MUTATIONS = [
         "10_box_coding_nms",
         "nms suppresses at an IoU equal to the threshold",
         "nms",
-        [("order = rest[~(iou > iou_threshold)]", "order = rest[~(iou >= iou_threshold)]")],
+        [
+            (
+                "return box_iou(boxes[a], boxes[b]) > iou_threshold",
+                "return box_iou(boxes[a], boxes[b]) >= iou_threshold",
+            )
+        ],
         {"test_nms_ties_and_edges"},
+    ),
+    (
+        "10_box_coding_nms",
+        "blocked nms whose kept boxes do not drop the boxes of later blocks",
+        "nms",
+        [("        dropped[later[suppresses(block[kept], later).any(axis=0)]] = True\n", "")],
+        {"test_nms_random"},
     ),
     (
         "11_matcher_sampler",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,23 @@ def test_bad_paths(tmp_path):
     (tmp_path / "cut.ipynb").write_text('{"cells": [')
     with pytest.raises(LearnerError, match=r"cut\.ipynb: not valid JSON"):
         load(tmp_path / "cut.ipynb")
+
+
+def test_choose_kernels_rewrites_exercise_8s_line(tmp_path):
+    import shutil
+
+    from refimpl.course.learner import choose_kernels
+
+    nb = Path(shutil.copy(SOLUTIONS / "08_torch_op.ipynb", tmp_path))
+    before = (SOLUTIONS / "08_torch_op.ipynb").read_text()
+    assert before.count('KERNELS = \\"refimpl\\"') == 1
+    choose_kernels(nb, "numba")
+    after = nb.read_text()
+    assert 'KERNELS = \\"refimpl\\"' not in after and after.count('KERNELS = \\"numba\\"') == 1
+    # only that line changed
+    assert after.replace('KERNELS = \\"numba\\"', 'KERNELS = \\"refimpl\\"') == before
+    with pytest.raises(ValueError, match=r"kernels must be one of .*'cuda'"):
+        choose_kernels(nb, "cuda")
+    other = shutil.copy(SOLUTIONS / "10_box_coding_nms.ipynb", tmp_path)
+    with pytest.raises(ValueError, match=r"10_box_coding_nms\.ipynb: .*no single KERNELS"):
+        choose_kernels(other, "numpy")
