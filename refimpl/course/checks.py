@@ -326,6 +326,46 @@ def count_hint(
     return "avg: divide the sum of a bin's samples by their count", summed
 
 
+def known_roi_align_forward(sub: Any) -> None:
+    """RoIAlign's forward on one bin of 2x2 samples, at (0.5 | 1.5, 0.5 | 1.5) on the ramp
+    0..15 of a 4x4 map: their mean is 5. Exercises 6 and 7 write the forward again."""
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    rois = np.array([[0.0, 0, 0, 2, 2]])
+    expected = np.full((1, 1, 1, 1), 5.0)
+    check_array(
+        sub.roi_align_forward(x, rois, 1, 1.0, 2),
+        expected,
+        "roi_align_forward(ramp, box (0, 0, 2, 2), 1)",
+        inputs=describe(
+            "roi_align_forward", x=x, rois=rois, output_size=1, spatial_scale=1.0, ratio=2
+        ),
+        hints=[count_hint(expected, rois, 1, 1.0, 2, False)],
+    )
+
+
+def known_roi_align_backward(sub: Any) -> None:
+    """RoIAlign's backward of that bin: each sample's bilinear weights (1/2, 1/2 per axis) of
+    a quarter of the gradient spread 1, 2, 1 / 2, 4, 2 / 1, 2, 1 sixteenths."""
+    x = np.zeros((1, 1, 4, 4))
+    rois, grad = np.array([[0.0, 0, 0, 2, 2]]), np.ones((1, 1, 1, 1))
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, :3, :3] = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
+    check_array(
+        sub.roi_align_backward(x, rois, grad, 1, 1.0, 2),
+        expected,
+        "roi_align_backward(zeros, box (0, 0, 2, 2), ones, 1, 1.0, 2)",
+        inputs=describe(
+            "roi_align_backward",
+            x=x,
+            rois=rois,
+            grad_output=grad,
+            output_size=1,
+            spatial_scale=1.0,
+            ratio=2,
+        ),
+    )
+
+
 def drawn_code(rng: np.random.Generator, name: str, source: str) -> tuple[Any, Code]:
     """:func:`drawn` for values :func:`describe` cannot recognise (a list of tensors): the
     value, and the :class:`Code` to give describe in its place."""
