@@ -69,5 +69,7 @@ def test_the_capstone_prose_says_whether_the_time_target_holds():
     r = results.load("capstone")
     assert r["iterations"] == LONG["iters"] and r["score"] == r["max_score"]
     assert r["segm"]["AP"] >= LONG["ap"] and r["segm"]["AP50"] >= LONG["ap50"]
-    over = "the grading takes longer than the\n15 minutes set for it" in README
-    assert over == (r["wall_s"] > 15 * 60), (over, r["wall_s"])
+    prose = " ".join(README.split())  # the phrases may wrap anywhere
+    over = r["wall_s"] > 15 * 60
+    assert ("the grading takes longer than the 15 minutes set for it" in prose) == over
+    assert ("the grading takes less than the 15 minutes set for it" in prose) == (not over)
