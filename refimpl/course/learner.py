@@ -27,6 +27,7 @@ another run it in a subprocess).
 from __future__ import annotations
 
 import contextlib
+import json
 import linecache
 import re
 import sys
@@ -137,17 +138,14 @@ def choose_kernels(path: str | Path, kernels: str) -> None:
     """Set exercise 8's ``KERNELS = "..."`` (its first code cell) in the notebook at ``path``:
     the kernels under the learner's op, refimpl's NumPy ones or the learner's own from
     exercises 4-5 (``"numpy"``) or 6 (``"numba"``). The notebook is rewritten in place."""
-    import json
-
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {kernels!r}")
     path = Path(path)
     nb = json.loads(path.read_text())
     cell = next((c for c in nb.get("cells", []) if c.get("cell_type") == "code"), None)
     text = "".join(cell["source"]) if cell else ""
-    found = re.findall(r'^KERNELS = "(\w+)"', text, flags=re.M)
-    if len(found) != 1:
+    text, found = re.subn(r'^KERNELS = "\w+"', f"KERNELS = {json.dumps(kernels)}", text, flags=re.M)
+    if found != 1:
         raise ValueError(f'{path.name}: its first code cell has no single KERNELS = "..." line')
-    text = re.sub(r'^KERNELS = "\w+"', f"KERNELS = {json.dumps(kernels)}", text, flags=re.M)
     cell["source"] = text.splitlines(keepends=True)  # nbformat's list of lines, as saved
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
